@@ -1,0 +1,358 @@
+// Package maildir is the sub-handler esmtp.handlers.maildir: it delivers
+// each accepted message into a Maildir, durably, before the 250 is sent.
+//
+// The message is streamed into tmp/ as it arrives (never held in memory),
+// fsynced at end of data, then linked into new/ of every target Maildir and
+// the new/ directories fsynced. A failure answers 451 4.3.0 and leaves no
+// file in new/.
+package maildir
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
+
+	"github.com/caddy-esmtp/caddy-esmtp/session"
+)
+
+func init() {
+	caddy.RegisterModule(&Maildir{})
+}
+
+// Maildir delivers messages into Maildir directories.
+type Maildir struct {
+	// Path is the Maildir directory (tmp/, new/ and cur/ are created
+	// inside it). It may use the placeholders {esmtp.rcpt.local},
+	// {esmtp.rcpt.domain} and {esmtp.rcpt} (lower-cased domain; '/' and
+	// other path separators replaced) for one Maildir per recipient; the
+	// message is then written once and linked into each distinct
+	// directory. A relative path is relative to Caddy's working directory.
+	Path string `json:"path,omitempty"`
+
+	perRecipient bool
+	hostname     string
+	logger       *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Maildir) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "esmtp.handlers.maildir",
+		New: func() caddy.Module { return new(Maildir) },
+	}
+}
+
+// Provision checks the path and creates the Maildir when it is fixed.
+func (m *Maildir) Provision(ctx caddy.Context) error {
+	m.logger = ctx.Logger(m)
+	if m.Path == "" {
+		return errors.New("maildir: path is required")
+	}
+	m.perRecipient = strings.Contains(m.Path, "{esmtp.rcpt")
+	if strings.Contains(strings.ReplaceAll(strings.ReplaceAll(strings.ReplaceAll(m.Path,
+		"{esmtp.rcpt.local}", ""), "{esmtp.rcpt.domain}", ""), "{esmtp.rcpt}", ""), "{") {
+		return fmt.Errorf("maildir: path %q: the only placeholders are {esmtp.rcpt.local}, {esmtp.rcpt.domain} and {esmtp.rcpt}", m.Path)
+	}
+	host, _ := os.Hostname()
+	m.hostname = strings.NewReplacer("/", `\057`, ":", `\072`).Replace(host)
+	if m.hostname == "" {
+		m.hostname = "localhost"
+	}
+	if !m.perRecipient {
+		if err := makeMaildir(m.Path); err != nil {
+			return fmt.Errorf("maildir: path %q: %v", m.Path, err)
+		}
+	}
+	return nil
+}
+
+// makeMaildir creates dir/tmp, dir/new and dir/cur.
+func makeMaildir(dir string) error {
+	for _, sub := range []string{"tmp", "new", "cur"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// delivery is the per-transaction state, kept in the transaction.
+type delivery struct {
+	dirs []string // target Maildirs, distinct
+	tmp  string   // the file in dirs[0]/tmp
+	name string   // the file name, the same in every new/
+	f    *os.File
+	w    *bufio.Writer
+	err  error
+}
+
+type deliveryKey struct{}
+
+var seq atomic.Uint64
+
+func (m *Maildir) delivery(s *session.Session) *delivery {
+	d, _ := s.Transaction().Value(deliveryKey{}).(*delivery)
+	return d
+}
+
+// Header starts the delivery on the first field (the Received: field) and
+// writes each field as received.
+func (m *Maildir) Header(_ context.Context, s *session.Session, h session.HeaderField) error {
+	d := m.delivery(s)
+	if d == nil {
+		d = m.start(s)
+		s.Transaction().SetValue(deliveryKey{}, d)
+	}
+	d.write(h.Raw)
+	return nil
+}
+
+// EndOfHeaders writes the blank line that ended the header section.
+func (m *Maildir) EndOfHeaders(_ context.Context, s *session.Session, raw []byte) error {
+	if d := m.delivery(s); d != nil {
+		d.write(raw)
+	}
+	return nil
+}
+
+// Body writes a body chunk.
+func (m *Maildir) Body(_ context.Context, s *session.Session, chunk []byte) error {
+	if d := m.delivery(s); d != nil {
+		d.write(chunk)
+	}
+	return nil
+}
+
+// EndOfMessage makes the message durable in every target Maildir; it
+// returns nil on success so later sub-handlers are asked too.
+func (m *Maildir) EndOfMessage(_ context.Context, s *session.Session) (*session.Reply, error) {
+	txn := s.Transaction()
+	d := m.delivery(s)
+	if d == nil {
+		return nil, errors.New("maildir: no message data was streamed")
+	}
+	txn.SetValue(deliveryKey{}, nil)
+	if err := m.commit(d); err != nil {
+		m.logger.Error("delivery failed", zap.String("queue_id", txn.ID), zap.Strings("maildirs", d.dirs), zap.Error(err))
+		return session.NewReply(451, "4.3.0", "Local delivery failed; try again later"), nil
+	}
+	m.logger.Debug("delivered", zap.String("queue_id", txn.ID), zap.Strings("maildirs", d.dirs), zap.String("file", d.name))
+	return nil, nil
+}
+
+// Abort removes the temporary file of a transaction that ended without
+// delivery.
+func (m *Maildir) Abort(s *session.Session, _ error) {
+	if txn := s.Transaction(); txn != nil {
+		if d := m.delivery(s); d != nil {
+			d.discard()
+			txn.SetValue(deliveryKey{}, nil)
+		}
+	}
+}
+
+// targets returns the distinct Maildirs of the transaction's recipients.
+func (m *Maildir) targets(txn *session.Transaction) []string {
+	if !m.perRecipient {
+		return []string{m.Path}
+	}
+	var dirs []string
+	seen := map[string]bool{}
+	for _, rc := range txn.Recipients {
+		repl := caddy.NewEmptyReplacer()
+		local, domain := rc.Path.Local, strings.ToLower(rc.Path.Domain)
+		if domain == "" { // <postmaster>
+			local = strings.ToLower(local)
+		}
+		repl.Set("esmtp.rcpt.local", pathSafe(local))
+		repl.Set("esmtp.rcpt.domain", pathSafe(domain))
+		repl.Set("esmtp.rcpt", pathSafe(local+"@"+domain))
+		dir := repl.ReplaceKnown(m.Path, "")
+		if !seen[dir] {
+			seen[dir] = true
+			dirs = append(dirs, dir)
+		}
+	}
+	return dirs
+}
+
+// pathSafe keeps a placeholder value inside its directory level.
+func pathSafe(v string) string {
+	v = strings.Map(func(r rune) rune {
+		if r == '/' || r == '\\' || r == 0 || r < 32 {
+			return '_'
+		}
+		return r
+	}, v)
+	if v == "" || v == "." || v == ".." {
+		return "_"
+	}
+	return v
+}
+
+func (m *Maildir) start(s *session.Session) *delivery {
+	txn := s.Transaction()
+	d := &delivery{dirs: m.targets(txn)}
+	d.name = fmt.Sprintf("%d.%sQ%d.%s", time.Now().Unix(), txn.ID, seq.Add(1), m.hostname)
+	if err := makeMaildir(d.dirs[0]); err != nil {
+		d.err = err
+		return d
+	}
+	d.tmp = filepath.Join(d.dirs[0], "tmp", d.name)
+	f, err := os.OpenFile(d.tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		d.err = err
+		return d
+	}
+	d.f, d.w = f, bufio.NewWriterSize(f, 64<<10)
+	return d
+}
+
+func (d *delivery) write(p []byte) {
+	if d.err == nil && d.w != nil {
+		_, d.err = d.w.Write(p)
+	}
+}
+
+func (d *delivery) discard() {
+	if d.f != nil {
+		d.f.Close()
+		d.f = nil
+	}
+	if d.tmp != "" {
+		os.Remove(d.tmp)
+		d.tmp = ""
+	}
+}
+
+// commit flushes and fsyncs the file, links it into each new/ and fsyncs
+// those directories. On any failure no file is left in any new/.
+func (m *Maildir) commit(d *delivery) (err error) {
+	defer d.discard()
+	if d.err != nil {
+		return d.err
+	}
+	if err := d.w.Flush(); err != nil {
+		return err
+	}
+	if err := d.f.Sync(); err != nil {
+		return err
+	}
+	if err := d.f.Close(); err != nil {
+		return err
+	}
+	d.f = nil
+	var done []string
+	defer func() {
+		if err != nil {
+			for _, p := range done {
+				os.Remove(p)
+			}
+		}
+	}()
+	for _, dir := range d.dirs {
+		if err := makeMaildir(dir); err != nil {
+			return err
+		}
+		dst := filepath.Join(dir, "new", d.name)
+		if err := os.Link(d.tmp, dst); err != nil {
+			if err := copyFile(d.tmp, filepath.Join(dir, "tmp", d.name), dst); err != nil {
+				return err
+			}
+		}
+		done = append(done, dst)
+		if err := syncDir(filepath.Join(dir, "new")); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// copyFile copies src into tmp (another file system), fsyncs it and renames
+// it to dst.
+func copyFile(src, tmp, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, dst)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+// UnmarshalCaddyfile sets up the sub-handler from Caddyfile tokens. Syntax:
+//
+//	maildir <path>
+//	maildir {
+//		path <path>
+//	}
+func (m *Maildir) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the sub-handler name
+	if d.NextArg() {
+		m.Path = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "path":
+			if !d.AllArgs(&m.Path) {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("maildir: unknown option %q (known: path)", d.Val())
+		}
+	}
+	if m.Path == "" {
+		return d.Err("maildir: path is required")
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner        = (*Maildir)(nil)
+	_ caddyfile.Unmarshaler    = (*Maildir)(nil)
+	_ session.HeaderHook       = (*Maildir)(nil)
+	_ session.EndOfHeadersHook = (*Maildir)(nil)
+	_ session.BodyHook         = (*Maildir)(nil)
+	_ session.MessageHook      = (*Maildir)(nil)
+	_ session.AbortHook        = (*Maildir)(nil)
+)

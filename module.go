@@ -1,0 +1,177 @@
+// Package esmtp is the Caddy module layer4.handlers.esmtp: a caddy-l4
+// connection handler that carries a complete ESMTP conversation (RFC 5321
+// and its extensions) and asks an ordered list of sub-handler modules
+// (namespace esmtp.handlers) what to do at every SMTP event.
+//
+// The protocol engine is package session; this package is only the Caddy
+// glue: configuration, provisioning, the Caddyfile and the reload drain.
+package esmtp
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/caddy-esmtp/caddy-esmtp/session"
+
+	// Every sub-handler of this repository, so that
+	// `xcaddy build --with github.com/caddy-esmtp/caddy-esmtp` brings them.
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/maildir"
+)
+
+func init() {
+	caddy.RegisterModule(&Handler{})
+}
+
+// Handler is the layer4.handlers.esmtp module. It is terminal: it never
+// calls the next layer4 handler.
+type Handler struct {
+	// Hostname is the server's name in the greeting, the EHLO reply and
+	// Received: fields. Default: the machine's host name.
+	Hostname string `json:"hostname,omitempty"`
+	// Greeting is the text after "220 <hostname> ESMTP" in the greeting.
+	Greeting string `json:"greeting,omitempty"`
+	// MaxMessageSize is the largest message accepted, in bytes (SIZE,
+	// RFC 1870), enforced while streaming. Default: 25 MiB.
+	MaxMessageSize int64 `json:"max_message_size,omitempty"`
+	// MaxRecipients is the most recipients per message; more get
+	// 452 4.5.3. Default: 100.
+	MaxRecipients int `json:"max_recipients,omitempty"`
+	// MaxErrors is how many failed commands a session may give before it
+	// is closed with 421 4.7.0. Default: 10.
+	MaxErrors int `json:"max_errors,omitempty"`
+	// CommandTimeout bounds the time to receive one whole command line;
+	// then 421 4.4.2 and close. Default: 5m.
+	CommandTimeout caddy.Duration `json:"command_timeout,omitempty"`
+	// DataTimeout bounds each wait for message data. Default: 10m.
+	DataTimeout caddy.Duration `json:"data_timeout,omitempty"`
+	// ChunkSize is the largest body chunk given to a sub-handler at once,
+	// in bytes. Default: 64 KiB.
+	ChunkSize int `json:"chunk_size,omitempty"`
+	// MaxLineLength is the longest message line accepted, in bytes
+	// without CRLF. Default: 8192 (RFC 5321 asks for at least 998).
+	MaxLineLength int `json:"max_line_length,omitempty"`
+	// MaxHeaderSize bounds one header field with its folded lines, in
+	// bytes. Default: 1 MiB.
+	MaxHeaderSize int `json:"max_header_size,omitempty"`
+	// HandlerTimeout bounds one sub-handler call; a call that runs past it
+	// answers 451 4.3.0. Default: 2m.
+	HandlerTimeout caddy.Duration `json:"handler_timeout,omitempty"`
+	// GracePeriod is how long a session in a transaction may go on after
+	// its configuration was replaced (reload) or Caddy stops, before it is
+	// closed with 421 4.3.2. Default: 30s.
+	GracePeriod caddy.Duration `json:"grace_period,omitempty"`
+	// BareLineEndings is what happens to a bare CR, bare LF or NUL in
+	// message data: "reject" (default; 550 5.5.2 after the end of data)
+	// or "normalize" (bare CR and LF become CRLF; NUL is still refused).
+	BareLineEndings string `json:"bare_line_endings,omitempty"`
+	// HandlersRaw is the ordered list of sub-handlers (modules in the
+	// esmtp.handlers namespace), asked in this order at every event.
+	HandlersRaw []json.RawMessage `json:"handlers,omitempty" caddy:"namespace=esmtp.handlers inline_key=handler"`
+
+	server *session.Server
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "layer4.handlers.esmtp",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision loads the sub-handlers and builds the engine.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger(h)
+	var handlers []session.Handler
+	if h.HandlersRaw != nil {
+		mods, err := ctx.LoadModule(h, "HandlersRaw")
+		if err != nil {
+			return fmt.Errorf("loading esmtp sub-handlers: %v", err)
+		}
+		for _, m := range mods.([]any) {
+			name := ""
+			if cm, ok := m.(caddy.Module); ok {
+				name = cm.CaddyModule().ID.Name()
+			}
+			handlers = append(handlers, session.Handler{Name: name, Handler: m})
+		}
+	}
+	hostname := h.Hostname
+	if hostname == "" {
+		hostname = defaultHostname()
+	}
+	srv, err := session.NewServer(session.Config{
+		Hostname:        hostname,
+		Greeting:        h.Greeting,
+		MaxMessageSize:  h.MaxMessageSize,
+		MaxRecipients:   h.MaxRecipients,
+		MaxErrors:       h.MaxErrors,
+		CommandTimeout:  time.Duration(h.CommandTimeout),
+		DataTimeout:     time.Duration(h.DataTimeout),
+		ChunkSize:       h.ChunkSize,
+		MaxLineLength:   h.MaxLineLength,
+		MaxHeaderSize:   h.MaxHeaderSize,
+		HandlerTimeout:  time.Duration(h.HandlerTimeout),
+		GracePeriod:     time.Duration(h.GracePeriod),
+		BareLineEndings: session.BareLineEndings(h.BareLineEndings),
+		Handlers:        handlers,
+		Logger:          h.logger,
+	})
+	if err != nil {
+		return fmt.Errorf("esmtp: %w", err)
+	}
+	h.server = srv
+	return nil
+}
+
+// Validate reports configuration errors that Provision did not.
+func (h *Handler) Validate() error {
+	if h.server == nil {
+		return errors.New("esmtp: not provisioned")
+	}
+	return nil
+}
+
+// Cleanup starts the drain of this configuration's sessions: idle ones are
+// closed with 421 4.3.2, ones in a transaction may finish it within
+// grace_period. On a reload it returns at once (sessions finish on the old
+// configuration while the new one serves new connections); when Caddy is
+// exiting it waits for the drain, bounded by grace_period.
+func (h *Handler) Cleanup() error {
+	if h.server == nil {
+		return nil
+	}
+	done := h.server.Shutdown()
+	if caddy.Exiting() {
+		select {
+		case <-done:
+		case <-time.After(h.server.Config().GracePeriod + time.Second):
+			h.logger.Warn("sessions still open after the grace period", zap.Int("sessions", h.server.Sessions()))
+		}
+	}
+	return nil
+}
+
+// defaultHostname is the machine's name when it is a valid domain.
+func defaultHostname() string {
+	name, err := os.Hostname()
+	if err != nil || name == "" || strings.Trim(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") != "" {
+		return "localhost"
+	}
+	return name
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner  = (*Handler)(nil)
+	_ caddy.Validator    = (*Handler)(nil)
+	_ caddy.CleanerUpper = (*Handler)(nil)
+)

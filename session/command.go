@@ -1,0 +1,583 @@
+package session
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// command parses and runs one command line (CRLF removed). It returns the
+// reply to send, or nil when the command sent its replies itself.
+func (s *Session) command(line []byte) *Reply {
+	if bytes.IndexAny(line, "\r\n\x00") >= 0 {
+		return replyBadChars
+	}
+	verbBytes, argBytes, _ := bytes.Cut(line, []byte{' '})
+	argBytes = bytes.Trim(argBytes, " ")
+	var v [4]byte
+	if len(verbBytes) == 4 {
+		for i, c := range verbBytes {
+			if c >= 'a' && c <= 'z' {
+				c -= 'a' - 'A'
+			}
+			v[i] = c
+		}
+	}
+	verb := string(v[:]) // no allocation: v does not escape
+	limit := maxCommandLine
+	switch verb {
+	case "MAIL", "RCPT":
+		limit = maxMailRcptLine
+	case "AUTH":
+		limit = maxAuthLine
+	}
+	if len(line)+2 > limit {
+		return replyLineTooLong
+	}
+	switch verb {
+	case "HELO":
+		return s.cmdHelo(string(argBytes), false)
+	case "EHLO":
+		return s.cmdHelo(string(argBytes), true)
+	case "MAIL":
+		return s.cmdMail(string(argBytes))
+	case "RCPT":
+		return s.cmdRcpt(string(argBytes))
+	case "DATA":
+		return s.cmdData(len(argBytes) > 0)
+	case "BDAT":
+		return s.cmdBdat(argBytes)
+	case "RSET":
+		if len(argBytes) > 0 {
+			return replyNoArgs
+		}
+		if s.txn != nil {
+			s.abort(errReset)
+		}
+		return s.verb("RSET", "", replyOK)
+	case "NOOP":
+		return s.verb("NOOP", string(argBytes), replyOK)
+	case "HELP":
+		return s.verb("HELP", string(argBytes), replyHelp)
+	case "VRFY":
+		if len(argBytes) == 0 {
+			return replyNeedArg
+		}
+		return s.verb("VRFY", string(argBytes), replyVrfy)
+	case "EXPN":
+		if len(argBytes) == 0 {
+			return replyNeedArg
+		}
+		return s.verb("EXPN", string(argBytes), replyExpn)
+	case "QUIT":
+		if len(argBytes) > 0 {
+			return replyNoArgs
+		}
+		r := s.verb("QUIT", "", nil)
+		if r == nil {
+			r = &Reply{Code: 221, Enhanced: "2.0.0", Lines: []string{s.cfg.Hostname + " closing connection"}}
+		}
+		s.closing = true
+		return r
+	case "TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML", "AUTH", "STAR":
+		// RFC commands this engine does not implement (STARTTLS is
+		// longer than four letters but starts the same way).
+		if verb == "STAR" && !bytes.EqualFold(verbBytes, []byte("STARTTLS")) {
+			break
+		}
+		return s.verb(verb, string(argBytes), replyNotImpl)
+	}
+	return s.verb(Sanitize(strings.ToUpper(string(verbBytes)), 64), string(argBytes), replyUnknown)
+}
+
+// verb asks the VerbHooks about a simple command, falling back to def.
+func (s *Session) verb(cmd, arg string, def *Reply) *Reply {
+	if r := ask(s, "verb", s.srv.hooks.verb, true, func(ctx context.Context, h VerbHook) (*Reply, error) {
+		return h.Verb(ctx, s, cmd, arg)
+	}); r != nil {
+		return r
+	}
+	return def
+}
+
+func (s *Session) cmdHelo(arg string, extended bool) *Reply {
+	if arg == "" || strings.IndexByte(arg, ' ') >= 0 {
+		if extended {
+			return replyEhloSyntax
+		}
+		return replyHeloSyntax
+	}
+	if s.txn != nil {
+		s.abort(errReset)
+	}
+	prevHelo, prevExt := s.helo, s.extended
+	s.helo, s.extended = arg, extended
+	r := ask(s, "helo", s.srv.hooks.helo, true, func(ctx context.Context, h HeloHook) (*Reply, error) {
+		return h.Helo(ctx, s, arg)
+	})
+	if r != nil && r.Code >= 400 {
+		s.helo, s.extended = prevHelo, prevExt
+		return r
+	}
+	first := s.cfg.Hostname
+	if r != nil && len(r.Lines) > 0 {
+		first = r.Lines[0]
+	}
+	if !extended {
+		return &Reply{Code: 250, Lines: []string{first}, plain: true}
+	}
+	lines := append(make([]string, 0, len(s.srv.ehloKeywords)+4), first)
+	lines = append(lines, s.srv.ehloKeywords...)
+	for _, h := range s.srv.hooks.ext {
+		lines = append(lines, h.h.Extensions(s)...)
+	}
+	return &Reply{Code: 250, Lines: lines, plain: true}
+}
+
+func (s *Session) cmdMail(arg string) *Reply {
+	if s.helo == "" {
+		return replyNeedHelo
+	}
+	if s.txn != nil {
+		return replyNestedMail
+	}
+	if len(arg) < 5 || !strings.EqualFold(arg[:5], "FROM:") {
+		return replyMailSyntax
+	}
+	path, params, err := ParsePathArg(arg[5:], true, false)
+	if err != nil {
+		return replyBadSender
+	}
+	txn := &Transaction{From: path, MailParams: params}
+	if len(params) > 0 && !s.extended {
+		return replyParamsNeedEhlo
+	}
+	for _, p := range params {
+		switch p.Key {
+		case "SIZE":
+			n, err := strconv.ParseInt(p.Value, 10, 64)
+			if err != nil || n < 0 || !p.HasValue {
+				return replyBadSize
+			}
+			if n > s.cfg.MaxMessageSize {
+				return replyTooBig
+			}
+		case "BODY":
+			v := strings.ToUpper(p.Value)
+			if v != "7BIT" && v != "8BITMIME" {
+				return replyBadBody
+			}
+			txn.Body = v
+		case "SMTPUTF8":
+			if p.HasValue {
+				return replyBadParam
+			}
+			txn.UTF8 = true
+		default:
+			return replyBadParam
+		}
+	}
+	if path.UTF8 && !txn.UTF8 {
+		return replyNeedUTF8
+	}
+	txn.Start = time.Now()
+	txn.ID = newID(txn.Start)
+	s.txn = txn
+	r := ask(s, "mail", s.srv.hooks.mail, true, func(ctx context.Context, h MailHook) (*Reply, error) {
+		return h.Mail(ctx, s, path, params)
+	})
+	if r != nil && r.Code >= 400 {
+		s.abort(errRejected)
+		return r
+	}
+	if r != nil {
+		return r
+	}
+	return replyMailOK
+}
+
+func (s *Session) cmdRcpt(arg string) *Reply {
+	if s.txn == nil {
+		return replyNeedMail
+	}
+	if len(arg) < 3 || !strings.EqualFold(arg[:3], "TO:") {
+		return replyRcptSyntax
+	}
+	path, params, err := ParsePathArg(arg[3:], false, true)
+	if err != nil {
+		return replyBadRcpt
+	}
+	if len(params) > 0 {
+		if !s.extended {
+			return replyParamsNeedEhlo
+		}
+		return replyBadParam
+	}
+	if path.UTF8 && !s.txn.UTF8 {
+		return replyNeedUTF8
+	}
+	if len(s.txn.Recipients) >= s.cfg.MaxRecipients {
+		return replyTooManyRcpts
+	}
+	r := ask(s, "rcpt", s.srv.hooks.rcpt, true, func(ctx context.Context, h RcptHook) (*Reply, error) {
+		return h.Rcpt(ctx, s, path, params)
+	})
+	if r != nil && r.Code >= 400 {
+		return r
+	}
+	s.txn.Recipients = append(s.txn.Recipients, Recipient{Path: path, Params: params})
+	if r != nil {
+		return r
+	}
+	return replyRcptOK
+}
+
+// dataAllowed checks the state for DATA or BDAT.
+func (s *Session) dataAllowed() *Reply {
+	switch {
+	case s.txn == nil:
+		return replyNeedMail
+	case len(s.txn.Recipients) == 0:
+		return replyNeedRcpt
+	}
+	return nil
+}
+
+// askData runs the DataHooks; a rejection aborts the transaction.
+func (s *Session) askData() *Reply {
+	r := ask(s, "data", s.srv.hooks.data, true, func(ctx context.Context, h DataHook) (*Reply, error) {
+		return h.Data(ctx, s)
+	})
+	if r != nil && r.Code >= 400 {
+		s.abort(errRejected)
+	}
+	return r
+}
+
+func (s *Session) cmdData(hasArg bool) *Reply {
+	if hasArg {
+		return replyNoArgs
+	}
+	if r := s.dataAllowed(); r != nil {
+		return r
+	}
+	if s.txn.chunking {
+		return replyDataAfterBdat
+	}
+	r := s.askData()
+	if r != nil && r.Code >= 400 {
+		return r
+	}
+	if s.r.Buffered() > 0 {
+		// RFC 2920: DATA ends a pipelined group; the client must wait for
+		// the 354. Bytes already here are a synchronisation error.
+		s.abort(errRejected)
+		return replyEarlyData
+	}
+	if r == nil || r.Code != 354 {
+		r = replyData
+	}
+	s.writeReply(r, false)
+	if err := s.w.Flush(); err != nil {
+		s.closing = true
+		return nil
+	}
+	s.startMessage(true)
+	for {
+		if s.r.Buffered() == 0 {
+			if err := s.fill(); err != nil {
+				s.dataReadFailed(err)
+				return nil
+			}
+		}
+		buf, _ := s.r.Peek(s.r.Buffered())
+		n, end := s.dec.decode(buf, &s.asm)
+		s.r.Discard(n)
+		if end {
+			break
+		}
+	}
+	s.endMessage()
+	return nil
+}
+
+// fill waits, within DataTimeout, for more bytes from the client.
+func (s *Session) fill() error {
+	s.setDeadline(s.cfg.DataTimeout)
+	for {
+		_, err := s.r.Peek(1)
+		if err != nil && s.drainRetry(err, true) {
+			continue
+		}
+		return err
+	}
+}
+
+// dataReadFailed ends the session after a read error inside message data.
+func (s *Session) dataReadFailed(err error) {
+	s.closing = true
+	if s.txn != nil {
+		s.abort(errConnectionEnded)
+	}
+	s.readFailed(err)
+}
+
+// parseBdat parses "<size> [LAST]".
+func parseBdat(arg []byte) (size int64, last bool, ok bool) {
+	num, rest, _ := bytes.Cut(arg, []byte{' '})
+	if len(num) == 0 || len(num) > 18 {
+		return 0, false, false
+	}
+	for _, c := range num {
+		if c < '0' || c > '9' {
+			return 0, false, false
+		}
+		size = size*10 + int64(c-'0')
+	}
+	rest = bytes.Trim(rest, " ")
+	switch {
+	case len(rest) == 0:
+		return size, false, true
+	case bytes.EqualFold(rest, []byte("LAST")):
+		return size, true, true
+	}
+	return 0, false, false
+}
+
+func (s *Session) cmdBdat(arg []byte) *Reply {
+	size, last, ok := parseBdat(arg)
+	if !ok {
+		// Without a size the chunk cannot be skipped safely.
+		return replyBdatSyntax
+	}
+	fail := s.dataAllowed()
+	if !s.extended {
+		fail = replyNeedEhlo
+	}
+	if fail == nil && !s.txn.chunking {
+		if r := s.askData(); r != nil && r.Code >= 400 {
+			fail = r
+		} else {
+			s.txn.chunking = true
+			s.startMessage(false)
+		}
+	}
+	if fail == nil && size > s.cfg.MaxMessageSize-s.asm.size {
+		fail = replyTooBig
+	}
+	if err := s.chunk(size, fail == nil); err != nil {
+		s.dataReadFailed(err)
+		return nil
+	}
+	if fail != nil {
+		if s.txn != nil {
+			s.abort(errRejected)
+		}
+		return fail
+	}
+	if !last {
+		return NewReply(250, "2.0.0", strconv.FormatInt(size, 10)+" octets received")
+	}
+	s.dec.finishChunks(&s.asm)
+	s.endMessage()
+	return nil
+}
+
+// chunk reads size bytes of BDAT data, decoding them when keep is true and
+// discarding them otherwise (a failed BDAT must still consume its data, or
+// it would be read as commands).
+func (s *Session) chunk(size int64, keep bool) error {
+	for size > 0 {
+		if s.r.Buffered() == 0 {
+			if err := s.fill(); err != nil {
+				return err
+			}
+		}
+		n := int(min(int64(s.r.Buffered()), size))
+		if keep {
+			buf, _ := s.r.Peek(n)
+			s.dec.decode(buf, &s.asm)
+		}
+		s.r.Discard(n)
+		size -= int64(n)
+	}
+	return nil
+}
+
+// startMessage prepares the decoder and the assembler for message data and
+// gives the sub-handlers the Received: field and any added fields.
+func (s *Session) startMessage(dot bool) {
+	s.dec.reset(dot, s.cfg.BareLineEndings == BareNormalize, s.cfg.MaxLineLength)
+	s.asm.reset(s, s.ctx)
+	if !s.asm.stream {
+		return
+	}
+	s.emitHeader(&s.asm, s.receivedField())
+	for _, h := range s.txn.added {
+		s.emitHeader(&s.asm, h)
+	}
+}
+
+// endMessage decides the reply at end of data and sends it.
+func (s *Session) endMessage() {
+	s.asm.finish()
+	txn := s.txn
+	txn.Size = s.asm.size
+	var r *Reply
+	switch {
+	case s.dec.problem == problemNUL:
+		r = replyNUL
+	case s.dec.problem == problemLongLine:
+		r = replyLongLine
+	case s.dec.problem != problemNone:
+		r = replyBareCRLF
+	case s.asm.tooBig:
+		r = replyTooBig
+	case s.asm.failure != nil:
+		r = replyFromError(s.asm.failure)
+	default:
+		r = ask(s, "end of message", s.srv.hooks.message, true, func(ctx context.Context, h MessageHook) (*Reply, error) {
+			return h.EndOfMessage(ctx, s)
+		})
+		if r == nil {
+			r = NewReply(250, "2.0.0", txn.ID+" Message accepted for delivery")
+		}
+	}
+	if r.Code >= 400 {
+		s.abort(errRejected)
+	} else {
+		s.messages++
+		s.txn = nil
+	}
+	s.logMessage(txn, r)
+	s.reply(r)
+	if r.Close {
+		s.closing = true
+	}
+}
+
+func replyFromError(err error) *Reply {
+	var r *Reply
+	if errors.As(err, &r) && r.valid() && r.Code >= 400 {
+		return r
+	}
+	return replyHandlerFailed
+}
+
+func (s *Session) emitHeader(a *assembler, h HeaderField) {
+	for _, hk := range s.srv.hooks.header {
+		if r := invoke(s, "header", hk, false, func(ctx context.Context, h2 HeaderHook) (*Reply, error) {
+			return nil, h2.Header(ctx, s, h)
+		}); r != nil {
+			a.fail(r)
+			return
+		}
+	}
+}
+
+func (s *Session) emitEndOfHeaders(a *assembler, raw []byte) {
+	for _, hk := range s.srv.hooks.endOfHeaders {
+		if r := invoke(s, "end of headers", hk, false, func(ctx context.Context, h EndOfHeadersHook) (*Reply, error) {
+			return nil, h.EndOfHeaders(ctx, s, raw)
+		}); r != nil {
+			a.fail(r)
+			return
+		}
+	}
+}
+
+func (s *Session) emitBody(a *assembler, chunk []byte) {
+	for _, hk := range s.srv.hooks.body {
+		if r := invoke(s, "body", hk, false, func(ctx context.Context, h BodyHook) (*Reply, error) {
+			return nil, h.Body(ctx, s, chunk)
+		}); r != nil {
+			a.fail(r)
+			return
+		}
+	}
+}
+
+// ask calls the hooks in order until one has an opinion.
+func ask[H any](s *Session, event string, hooks []hooked[H], timed bool, call func(context.Context, H) (*Reply, error)) *Reply {
+	for _, hk := range hooks {
+		if r := invoke(s, event, hk, timed, call); r != nil {
+			return r
+		}
+	}
+	return nil
+}
+
+// invoke calls one hook, failing closed: an error, a panic, an invalid
+// reply or a call that ran past HandlerTimeout gives 451 4.3.0. A *Reply
+// returned as the error is used as the reply.
+func invoke[H any](s *Session, event string, hk hooked[H], timed bool, call func(context.Context, H) (*Reply, error)) (r *Reply) {
+	ctx := s.ctx
+	if timed {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.cfg.HandlerTimeout)
+		defer cancel()
+	}
+	start := time.Now()
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("sub-handler panicked", zap.String("session", s.id), zap.String("event", event),
+				zap.String("handler", hk.name), zap.Any("panic", p))
+			r = replyHandlerFailed
+		}
+	}()
+	r, err := call(ctx, hk.h)
+	if err == nil && time.Since(start) > s.cfg.HandlerTimeout {
+		err = context.DeadlineExceeded
+	}
+	if err != nil {
+		var rep *Reply
+		if errors.As(err, &rep) && rep.valid() && rep.Code >= 400 {
+			return rep
+		}
+		s.log.Error("sub-handler failed", zap.String("session", s.id), zap.String("event", event),
+			zap.String("handler", hk.name), zap.Error(err))
+		return replyHandlerFailed
+	}
+	if r != nil && !r.valid() {
+		s.log.Error("sub-handler gave an invalid reply", zap.String("session", s.id), zap.String("event", event),
+			zap.String("handler", hk.name), zap.Int("code", r.Code), zap.String("enhanced", r.Enhanced))
+		return replyHandlerFailed
+	}
+	return r
+}
+
+// logMessage writes the one info line per message.
+func (s *Session) logMessage(txn *Transaction, r *Reply) {
+	if !s.log.Core().Enabled(zap.InfoLevel) {
+		return
+	}
+	rcpts := make([]string, len(txn.Recipients))
+	for i, rc := range txn.Recipients {
+		rcpts[i] = Sanitize(rc.Path.Mailbox, 0)
+	}
+	s.log.Info("message",
+		zap.String("queue_id", txn.ID),
+		zap.String("session", s.id),
+		zap.String("remote", addrString(s.remote)),
+		zap.String("helo", Sanitize(s.helo, 255)),
+		zap.String("from", Sanitize(txn.From.Mailbox, 0)),
+		zap.Strings("rcpts", rcpts),
+		zap.Int64("size", txn.Size),
+		zap.Duration("duration", time.Since(txn.Start)),
+		zap.Int("code", r.Code),
+		zap.String("reply", r.Error()))
+}
+
+// redactLine hides credentials from the debug transcript.
+func redactLine(line []byte) string {
+	if len(line) >= 5 && bytes.EqualFold(line[:5], []byte("AUTH ")) {
+		mech, _, _ := bytes.Cut(line[5:], []byte{' '})
+		return "AUTH " + Sanitize(string(bytes.TrimRight(mech, "\r\n")), 32) + " <redacted>"
+	}
+	return Sanitize(strings.TrimRight(string(line), "\r\n"), 1024)
+}

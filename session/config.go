@@ -1,0 +1,150 @@
+package session
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Defaults for the limits in Config.
+const (
+	DefaultMaxMessageSize = 25 << 20
+	DefaultMaxRecipients  = 100
+	DefaultMaxErrors      = 10
+	DefaultCommandTimeout = 5 * time.Minute
+	DefaultDataTimeout    = 10 * time.Minute
+	DefaultChunkSize      = 64 << 10
+	DefaultMaxLineLength  = 8192
+	DefaultMaxHeaderSize  = 1 << 20
+	DefaultHandlerTimeout = 2 * time.Minute
+	DefaultGracePeriod    = 30 * time.Second
+)
+
+// BareLineEndings says what the engine does with a bare CR, a bare LF or a
+// NUL in message data.
+type BareLineEndings string
+
+const (
+	// BareReject refuses the message with 550 5.5.2 once the real end of
+	// data has been read (the default).
+	BareReject BareLineEndings = "reject"
+	// BareNormalize turns each bare CR and bare LF into CRLF. NUL is still
+	// refused. A bare line ending never ends the data either way.
+	BareNormalize BareLineEndings = "normalize"
+)
+
+// Handler is one named sub-handler in the ordered list of a Server.
+type Handler struct {
+	// Name names the sub-handler in logs ("maildir").
+	Name string
+	// Handler implements one or more of the hook interfaces.
+	Handler any
+}
+
+// Config configures a Server. Zero values take the defaults above.
+type Config struct {
+	// Hostname is the name the server gives in its greeting, EHLO reply
+	// and Received: fields.
+	Hostname string
+	// Greeting is the text after "220 <hostname> ESMTP".
+	Greeting string
+	// MaxMessageSize is the largest message accepted, in bytes; advertised
+	// with SIZE and enforced while streaming.
+	MaxMessageSize int64
+	// MaxRecipients is the most RCPTs accepted per message (then 452 4.5.3).
+	MaxRecipients int
+	// MaxErrors is how many failed commands a session may give before it
+	// is closed with 421 4.7.0.
+	MaxErrors int
+	// CommandTimeout bounds the whole time to receive one command line.
+	CommandTimeout time.Duration
+	// DataTimeout bounds the wait for each read of message data.
+	DataTimeout time.Duration
+	// ChunkSize is the largest body chunk given to BodyHook.
+	ChunkSize int
+	// MaxLineLength is the longest message line accepted, CRLF excluded.
+	MaxLineLength int
+	// MaxHeaderSize bounds one header field (with its folded lines).
+	MaxHeaderSize int
+	// HandlerTimeout bounds one sub-handler hook call.
+	HandlerTimeout time.Duration
+	// GracePeriod bounds how long a session may go on after Shutdown to
+	// finish its transaction.
+	GracePeriod time.Duration
+	// BareLineEndings is BareReject (default) or BareNormalize.
+	BareLineEndings BareLineEndings
+	// Handlers are the sub-handlers, asked in this order.
+	Handlers []Handler
+	// Logger receives one line per message and per session, and the
+	// transcript at debug level. Nil means no logging.
+	Logger *zap.Logger
+}
+
+// withDefaults returns c with zero values replaced by defaults, or an error
+// naming the invalid field.
+func (c Config) withDefaults() (Config, error) {
+	if c.Hostname == "" {
+		c.Hostname = "localhost"
+	}
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if c.MaxRecipients == 0 {
+		c.MaxRecipients = DefaultMaxRecipients
+	}
+	if c.MaxErrors == 0 {
+		c.MaxErrors = DefaultMaxErrors
+	}
+	if c.CommandTimeout == 0 {
+		c.CommandTimeout = DefaultCommandTimeout
+	}
+	if c.DataTimeout == 0 {
+		c.DataTimeout = DefaultDataTimeout
+	}
+	if c.ChunkSize == 0 {
+		c.ChunkSize = DefaultChunkSize
+	}
+	if c.MaxLineLength == 0 {
+		c.MaxLineLength = DefaultMaxLineLength
+	}
+	if c.MaxHeaderSize == 0 {
+		c.MaxHeaderSize = DefaultMaxHeaderSize
+	}
+	if c.HandlerTimeout == 0 {
+		c.HandlerTimeout = DefaultHandlerTimeout
+	}
+	if c.GracePeriod == 0 {
+		c.GracePeriod = DefaultGracePeriod
+	}
+	if c.BareLineEndings == "" {
+		c.BareLineEndings = BareReject
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	var errs []error
+	check := func(ok bool, field string, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf("%s: "+format, append([]any{field}, args...)...))
+		}
+	}
+	check(c.MaxMessageSize > 0, "max_message_size", "must be positive, got %d", c.MaxMessageSize)
+	check(c.MaxRecipients > 0, "max_recipients", "must be positive, got %d", c.MaxRecipients)
+	check(c.MaxErrors > 0, "max_errors", "must be positive, got %d", c.MaxErrors)
+	check(c.CommandTimeout > 0, "command_timeout", "must be positive, got %s", c.CommandTimeout)
+	check(c.DataTimeout > 0, "data_timeout", "must be positive, got %s", c.DataTimeout)
+	check(c.ChunkSize >= 512 && c.ChunkSize <= 16<<20, "chunk_size", "must be between 512 B and 16 MiB, got %d", c.ChunkSize)
+	check(c.MaxLineLength >= 998, "max_line_length", "must be at least 998 (RFC 5322), got %d", c.MaxLineLength)
+	check(c.MaxHeaderSize >= 998, "max_header_size", "must be at least 998, got %d", c.MaxHeaderSize)
+	check(c.HandlerTimeout > 0, "handler_timeout", "must be positive, got %s", c.HandlerTimeout)
+	check(c.GracePeriod > 0, "grace_period", "must be positive, got %s", c.GracePeriod)
+	check(c.BareLineEndings == BareReject || c.BareLineEndings == BareNormalize,
+		"bare_line_endings", "must be %q or %q, got %q", BareReject, BareNormalize, c.BareLineEndings)
+	check(validDomain(c.Hostname, false) || validAddressLiteral(c.Hostname), "hostname", "%q is not a domain name", c.Hostname)
+	for i, h := range c.Handlers {
+		check(h.Handler != nil, fmt.Sprintf("handlers[%d]", i), "is nil")
+	}
+	return c, errors.Join(errs...)
+}

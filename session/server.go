@@ -1,0 +1,116 @@
+package session
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Server runs SMTP sessions with one configuration. It is safe for
+// concurrent use; each connection is served by Serve in its own goroutine.
+type Server struct {
+	cfg          Config
+	hooks        *hookSet
+	ehloKeywords []string
+
+	mu       sync.Mutex
+	sessions map[*Session]struct{}
+	done     chan struct{} // made by Shutdown, closed when the last session has ended
+	draining atomic.Bool
+	graceEnd atomic.Int64 // unix nanoseconds: sessions are cut after this once draining
+}
+
+// ConnInfo describes the connection a session runs on.
+type ConnInfo struct {
+	// RemoteAddr is the client's address (the real one when a PROXY
+	// protocol handler ran before).
+	RemoteAddr net.Addr
+	// LocalAddr is the server's address.
+	LocalAddr net.Addr
+	// TLS is the state of a connection that is already TLS (implicit TLS,
+	// RFC 8314), or nil.
+	TLS *tls.ConnectionState
+}
+
+// NewServer checks cfg, fills in defaults and returns a Server. The error
+// names the invalid field.
+func NewServer(cfg Config) (*Server, error) {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Server{
+		cfg:          c,
+		hooks:        newHookSet(c.Handlers),
+		ehloKeywords: ehloKeywords(&c),
+		sessions:     map[*Session]struct{}{},
+	}, nil
+}
+
+// Config returns the server's configuration with defaults filled in.
+func (srv *Server) Config() Config { return srv.cfg }
+
+// Serve runs one SMTP session on conn until it ends and returns nil for an
+// ordinary end (QUIT, client gone, timeout) or the I/O error that ended it.
+// Serve does not close conn. ctx is the parent of the session context that
+// every hook gets.
+func (srv *Server) Serve(ctx context.Context, conn net.Conn, info ConnInfo) error {
+	s := newSession(srv, conn, info)
+	if !srv.track(s) {
+		s.reply(replyShuttingDown)
+		s.w.Flush()
+		return nil
+	}
+	defer srv.untrack(s)
+	return s.run(ctx)
+}
+
+func (srv *Server) track(s *Session) bool {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if srv.draining.Load() {
+		return false
+	}
+	srv.sessions[s] = struct{}{}
+	return true
+}
+
+func (srv *Server) untrack(s *Session) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	delete(srv.sessions, s)
+	if len(srv.sessions) == 0 && srv.done != nil {
+		close(srv.done) // no session is added once draining, so this runs once
+	}
+}
+
+// Shutdown starts a graceful stop and returns at once: new connections get
+// 421 4.3.2, idle sessions are closed with 421 4.3.2, and sessions in a
+// transaction may finish it within Config.GracePeriod, then are closed.
+// It returns a channel closed when the last session has ended.
+func (srv *Server) Shutdown() <-chan struct{} {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if srv.done == nil {
+		srv.done = make(chan struct{})
+		srv.graceEnd.Store(time.Now().Add(srv.cfg.GracePeriod).UnixNano())
+		srv.draining.Store(true)
+		for s := range srv.sessions {
+			s.interrupt()
+		}
+		if len(srv.sessions) == 0 {
+			close(srv.done)
+		}
+	}
+	return srv.done
+}
+
+// Sessions returns the number of sessions running now.
+func (srv *Server) Sessions() int {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	return len(srv.sessions)
+}

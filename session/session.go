@@ -1,0 +1,436 @@
+package session
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Session is one SMTP connection. Sub-handlers read its state through the
+// methods below; they must not keep a *Session after the session ends.
+type Session struct {
+	srv  *Server
+	cfg  *Config
+	conn net.Conn
+	r    *bufio.Reader
+	w    *bufio.Writer
+
+	id       string
+	remote   net.Addr
+	local    net.Addr
+	tls      *tls.ConnectionState
+	ctx      context.Context
+	start    time.Time
+	log      *zap.Logger
+	debug    bool
+	helo     string
+	extended bool
+	txn      *Transaction
+	values   map[any]any
+	errors   int
+	messages int
+
+	lineBuf      []byte // a command line longer than the reader's buffer
+	lineOverflow bool   // the current line is over the limit and being discarded
+	lineSkipped  int    // bytes discarded of the current line
+	out          []byte // reply scratch
+	dec          decoder
+	asm          assembler
+
+	closing  bool // the session ends after the reply being sent
+	draining atomic.Bool
+	deadline time.Time // the current read deadline before any drain
+}
+
+// Transaction is one mail transaction, from MAIL to end of message or RSET.
+type Transaction struct {
+	// ID is the queue id, unique per transaction, in every log line and in
+	// the Received: field.
+	ID string
+	// From is the reverse-path of MAIL FROM.
+	From Path
+	// MailParams are the parameters of MAIL FROM.
+	MailParams Params
+	// Recipients are the accepted RCPT TO forward-paths, in order.
+	Recipients []Recipient
+	// UTF8 is true when MAIL had the SMTPUTF8 parameter (RFC 6531).
+	UTF8 bool
+	// Body is the BODY= parameter ("7BIT", "8BITMIME") or "".
+	Body string
+	// Size is the number of message bytes received so far (dot-unstuffed,
+	// the Received: field not counted).
+	Size int64
+	// Start is when MAIL was accepted.
+	Start time.Time
+
+	added    []HeaderField
+	values   map[any]any
+	chunking bool // a BDAT started the data
+}
+
+// Recipient is an accepted RCPT TO.
+type Recipient struct {
+	// Path is the forward-path.
+	Path Path
+	// Params are the RCPT parameters.
+	Params Params
+}
+
+// AddHeader adds a header field that every sub-handler sees right after the
+// engine's Received: field. Call it from MAIL, RCPT or DATA hooks; headers
+// added once the message data has started are ignored.
+func (t *Transaction) AddHeader(name, value string) {
+	raw := Sanitize(name, 0) + ": " + Sanitize(value, 0) + "\r\n"
+	t.added = append(t.added, HeaderField{Name: name, Value: value, Raw: []byte(raw)})
+}
+
+// Value returns the per-transaction value stored under key.
+func (t *Transaction) Value(key any) any { return t.values[key] }
+
+// SetValue stores a per-transaction value; use an unexported key type.
+func (t *Transaction) SetValue(key, value any) {
+	if t.values == nil {
+		t.values = map[any]any{}
+	}
+	t.values[key] = value
+}
+
+// ID returns the session id used in log lines.
+func (s *Session) ID() string { return s.id }
+
+// RemoteAddr returns the client's address.
+func (s *Session) RemoteAddr() net.Addr { return s.remote }
+
+// LocalAddr returns the server's address.
+func (s *Session) LocalAddr() net.Addr { return s.local }
+
+// TLS returns the connection's TLS state, or nil for plain TCP.
+func (s *Session) TLS() *tls.ConnectionState { return s.tls }
+
+// Helo returns the name the client gave in HELO or EHLO, "" before.
+func (s *Session) Helo() string { return s.helo }
+
+// Extended reports whether the client greeted with EHLO.
+func (s *Session) Extended() bool { return s.extended }
+
+// Transaction returns the mail transaction in progress, or nil.
+func (s *Session) Transaction() *Transaction { return s.txn }
+
+// Hostname returns the server's configured hostname.
+func (s *Session) Hostname() string { return s.cfg.Hostname }
+
+// Logger returns the session's logger.
+func (s *Session) Logger() *zap.Logger { return s.log }
+
+// Value returns the per-session value stored under key.
+func (s *Session) Value(key any) any { return s.values[key] }
+
+// SetValue stores a per-session value; use an unexported key type.
+func (s *Session) SetValue(key, value any) {
+	if s.values == nil {
+		s.values = map[any]any{}
+	}
+	s.values[key] = value
+}
+
+func newSession(srv *Server, conn net.Conn, info ConnInfo) *Session {
+	s := &Session{
+		srv:    srv,
+		cfg:    &srv.cfg,
+		conn:   conn,
+		r:      bufio.NewReaderSize(conn, 4096),
+		w:      bufio.NewWriterSize(conn, 4096),
+		id:     newID(time.Now()),
+		remote: info.RemoteAddr,
+		local:  info.LocalAddr,
+		tls:    info.TLS,
+		start:  time.Now(),
+	}
+	if s.remote == nil {
+		s.remote = conn.RemoteAddr()
+	}
+	if s.local == nil {
+		s.local = conn.LocalAddr()
+	}
+	s.log = srv.cfg.Logger
+	s.debug = s.log.Core().Enabled(zap.DebugLevel)
+	return s
+}
+
+// interrupt wakes a session blocked in a read so it notices the drain.
+func (s *Session) interrupt() {
+	s.draining.Store(true)
+	s.conn.SetReadDeadline(time.Now())
+}
+
+// run carries the conversation until it ends.
+func (s *Session) run(parent context.Context) (err error) {
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
+	s.ctx = ctx
+	defer func() {
+		if s.txn != nil {
+			s.abort(errConnectionEnded)
+		}
+		for _, h := range s.srv.hooks.close {
+			s.callClose(h)
+		}
+		s.w.Flush()
+		if s.log.Core().Enabled(zap.InfoLevel) {
+			s.log.Info("session closed",
+				zap.String("session", s.id),
+				zap.String("remote", addrString(s.remote)),
+				zap.String("helo", Sanitize(s.helo, 255)),
+				zap.Int("messages", s.messages),
+				zap.Int("errors", s.errors),
+				zap.Duration("duration", time.Since(s.start)),
+				zap.NamedError("error", err))
+		}
+	}()
+
+	greeting := ask(s, "connect", s.srv.hooks.connect, true, func(ctx context.Context, h ConnectHook) (*Reply, error) {
+		return h.Connect(ctx, s)
+	})
+	if greeting == nil {
+		greeting = &Reply{Code: 220, Lines: []string{s.cfg.Hostname + " ESMTP " + s.cfg.Greeting}}
+		if s.cfg.Greeting == "" {
+			greeting.Lines[0] = s.cfg.Hostname + " ESMTP"
+		}
+	}
+	s.writeReply(greeting, false)
+	if greeting.Code >= 400 || greeting.Close {
+		return s.w.Flush()
+	}
+
+	for {
+		if s.draining.Load() && s.txn == nil {
+			s.reply(replyShuttingDown)
+			return s.w.Flush()
+		}
+		line, status, err := s.readCommand()
+		if err != nil {
+			return s.readFailed(err)
+		}
+		var r *Reply
+		switch status {
+		case lineEndless:
+			s.errors++
+			s.reply(replyLineEndless)
+			return s.w.Flush()
+		case lineTooLong:
+			r = replyLineTooLong
+		case lineBadEnding:
+			r = replyBadLineEnding
+		default:
+			r = s.command(line)
+		}
+		if r == nil { // the command sent its own reply (DATA, BDAT)
+			if s.closing {
+				return s.w.Flush()
+			}
+			continue
+		}
+		if r.Code >= 500 {
+			s.errors++
+			if s.errors > s.cfg.MaxErrors {
+				s.reply(replyTooManyErrors)
+				return s.w.Flush()
+			}
+		}
+		s.reply(r)
+		if r.Close || s.closing {
+			return s.w.Flush()
+		}
+	}
+}
+
+// readFailed turns a read error into the session's end.
+func (s *Session) readFailed(err error) error {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		if s.draining.Load() {
+			s.reply(replyShuttingDown)
+		} else {
+			s.reply(replyTimeout)
+		}
+		s.w.Flush()
+		return nil
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, io.ErrUnexpectedEOF):
+		return nil
+	}
+	return err
+}
+
+// lineStatus says what readCommand found.
+type lineStatus uint8
+
+const (
+	lineOK        lineStatus = iota
+	lineTooLong              // over the limit; discarded up to its end
+	lineBadEnding            // ended in a bare LF
+	lineEndless              // over maxEndlessLine with no end: the session is closed
+)
+
+// Command line limits: RFC 5321 4.5.3.1.4 gives 512 octets; MAIL and RCPT
+// may be longer by their parameters (RFC 1869), AUTH by its initial response
+// (12288 octets, RFC 4954).
+const (
+	maxCommandLine  = 512
+	maxMailRcptLine = 4096
+	maxAuthLine     = 12288 + 64
+	maxEndlessLine  = 1 << 20
+)
+
+// readCommand reads one command line within CommandTimeout, flushing pending
+// replies first when the client has nothing more buffered (so a pipelined
+// batch is answered in one write). The line is returned without its CRLF
+// and is valid until the next read.
+func (s *Session) readCommand() ([]byte, lineStatus, error) {
+	if s.r.Buffered() == 0 {
+		if err := s.w.Flush(); err != nil {
+			return nil, 0, err
+		}
+	}
+	s.setDeadline(s.cfg.CommandTimeout)
+	for {
+		line, status, err := s.readLine()
+		if err != nil && s.drainRetry(err, s.txn != nil || len(s.lineBuf) > 0) {
+			continue
+		}
+		return line, status, err
+	}
+}
+
+// setDeadline sets the read deadline d from now, bounded by the drain's
+// grace end.
+func (s *Session) setDeadline(d time.Duration) {
+	s.deadline = time.Now().Add(d)
+	dl := s.deadline
+	if s.draining.Load() {
+		if g := time.Unix(0, s.srv.graceEnd.Load()); g.Before(dl) {
+			dl = g
+		}
+	}
+	s.conn.SetReadDeadline(dl)
+}
+
+// drainRetry reports whether a read that failed with err should be tried
+// again: it was interrupted by Shutdown, the session has work in progress
+// (busy) and the grace period is not over.
+func (s *Session) drainRetry(err error, busy bool) bool {
+	var ne net.Error
+	if !s.draining.Load() || !busy || !errors.As(err, &ne) || !ne.Timeout() {
+		return false
+	}
+	now := time.Now()
+	g := time.Unix(0, s.srv.graceEnd.Load())
+	if !now.Before(g) || !now.Before(s.deadline) {
+		return false
+	}
+	if g.After(s.deadline) {
+		g = s.deadline
+	}
+	s.conn.SetReadDeadline(g)
+	return true
+}
+
+func (s *Session) readLine() ([]byte, lineStatus, error) {
+	for {
+		frag, err := s.r.ReadSlice('\n')
+		if err == nil && len(s.lineBuf) == 0 && !s.lineOverflow {
+			return s.lineDone(frag)
+		}
+		if !s.lineOverflow && len(s.lineBuf)+len(frag) <= maxAuthLine {
+			s.lineBuf = append(s.lineBuf, frag...)
+		} else {
+			s.lineOverflow = true
+			s.lineSkipped += len(frag)
+			if s.lineSkipped > maxEndlessLine {
+				s.lineBuf, s.lineOverflow, s.lineSkipped = s.lineBuf[:0], false, 0
+				return nil, lineEndless, nil
+			}
+		}
+		switch err {
+		case nil:
+			if s.lineOverflow {
+				s.lineBuf, s.lineOverflow, s.lineSkipped = s.lineBuf[:0], false, 0
+				return nil, lineTooLong, nil
+			}
+			line := s.lineBuf
+			s.lineBuf = s.lineBuf[:0]
+			return s.lineDone(line)
+		case bufio.ErrBufferFull:
+			continue
+		default:
+			return nil, 0, err
+		}
+	}
+}
+
+// lineDone checks the line ending and strips it.
+func (s *Session) lineDone(line []byte) ([]byte, lineStatus, error) {
+	if s.debug {
+		s.log.Debug("C: " + redactLine(line))
+	}
+	if len(line) < 2 || line[len(line)-2] != '\r' {
+		return nil, lineBadEnding, nil
+	}
+	return line[:len(line)-2], lineOK, nil
+}
+
+// reply queues r for sending with an enhanced status code.
+func (s *Session) reply(r *Reply) { s.writeReply(r, true) }
+
+func (s *Session) writeReply(r *Reply, enhanced bool) {
+	s.out = appendReply(s.out[:0], r, enhanced)
+	if s.debug {
+		s.log.Debug("S: " + string(s.out[:len(s.out)-2]))
+	}
+	s.w.Write(s.out)
+}
+
+// abort ends the transaction in progress without delivery.
+func (s *Session) abort(reason error) {
+	for _, h := range s.srv.hooks.abort {
+		s.callAbort(h, reason)
+	}
+	s.txn = nil
+}
+
+func (s *Session) callAbort(h hooked[AbortHook], reason error) {
+	defer s.recoverHook("abort", h.name)
+	h.h.Abort(s, reason)
+}
+
+func (s *Session) callClose(h hooked[CloseHook]) {
+	defer s.recoverHook("close", h.name)
+	h.h.Close(s)
+}
+
+func (s *Session) recoverHook(event, name string) {
+	if p := recover(); p != nil {
+		s.log.Error("sub-handler panicked", zap.String("session", s.id), zap.String("event", event),
+			zap.String("handler", name), zap.Any("panic", p))
+	}
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
+}
+
+var (
+	errConnectionEnded = errors.New("connection ended")
+	errReset           = errors.New("transaction reset")
+	errRejected        = errors.New("transaction rejected")
+)
