@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 )
@@ -558,19 +559,30 @@ func (s *Session) logMessage(txn *Transaction, r *Reply) {
 	}
 	rcpts := make([]string, len(txn.Recipients))
 	for i, rc := range txn.Recipients {
-		rcpts[i] = Sanitize(rc.Path.Mailbox, 0)
+		rcpts[i] = logSafe(rc.Path.Mailbox)
 	}
 	s.log.Info("message",
 		zap.String("queue_id", txn.ID),
 		zap.String("session", s.id),
 		zap.String("remote", addrString(s.remote)),
 		zap.String("helo", Sanitize(s.helo, 255)),
-		zap.String("from", Sanitize(txn.From.Mailbox, 0)),
+		zap.String("from", logSafe(txn.From.Mailbox)),
 		zap.Strings("rcpts", rcpts),
 		zap.Int64("size", txn.Size),
 		zap.Duration("duration", time.Since(txn.Start)),
 		zap.Int("code", r.Code),
 		zap.String("reply", r.Error()))
+}
+
+// logSafe keeps UTF-8 (addresses may be internationalised) but replaces
+// control characters and invalid bytes, so a log line cannot be forged.
+func logSafe(v string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
+			return '?'
+		}
+		return r
+	}, v)
 }
 
 // redactLine hides credentials from the debug transcript.

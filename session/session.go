@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -263,7 +264,7 @@ func (s *Session) readFailed(err error) error {
 		}
 		s.w.Flush()
 		return nil
-	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, io.ErrUnexpectedEOF):
+	case clientGone(err):
 		return nil
 	}
 	return err
@@ -420,6 +421,13 @@ func (s *Session) recoverHook(event, name string) {
 		s.log.Error("sub-handler panicked", zap.String("session", s.id), zap.String("event", event),
 			zap.String("handler", name), zap.Any("panic", p))
 	}
+}
+
+// clientGone reports whether err is an ordinary end of the connection by
+// the client (closed, reset, broken pipe), not a server fault.
+func clientGone(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 func addrString(a net.Addr) string {
