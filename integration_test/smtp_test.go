@@ -21,6 +21,14 @@ const message = "From: a@client.test\r\n" +
 	"..two dots\r\n" +
 	"last line\r\n"
 
+// stuffed dot-stuffs a message for DATA (RFC 5321 4.5.2).
+func stuffed(m string) string {
+	if strings.HasPrefix(m, ".") {
+		m = "." + m
+	}
+	return strings.ReplaceAll(m, "\r\n.", "\r\n..")
+}
+
 func TestCaddyfileNetSMTP(t *testing.T) {
 	addr, maildir := startCaddyfile(t, issueCaddyfile)
 	err := smtp.SendMail(addr, nil, "a@client.test", []string{"b@example.test", "c@example.test"}, []byte(message))
@@ -78,7 +86,7 @@ func TestJSONConfig(t *testing.T) {
 	c.expect("452 4.5.3") // max_recipients 2
 	c.send("DATA\r\n")
 	c.expect("354 ")
-	c.send(strings.ReplaceAll(message, "\r\n.", "\r\n..") + ".\r\n")
+	c.send(stuffed(message) + ".\r\n")
 	c.expect("250 2.0.0")
 	c.send("QUIT\r\n")
 	c.expect("221 2.0.0")
@@ -105,7 +113,7 @@ func TestPipelined(t *testing.T) {
 	c.expect("250 2.1.5")
 	c.expect("501 5.1.3")
 	c.expect("354 ")
-	c.send(strings.ReplaceAll(message, "\r\n.", "\r\n..") + ".\r\nMAIL FROM:<>\r\nRCPT TO:<c@example.test>\r\nBDAT 15\r\nSubject: bdat\r\nBDAT 8 LAST\r\n\r\nbody\r\nQUIT\r\n")
+	c.send(stuffed(message) + ".\r\nMAIL FROM:<>\r\nRCPT TO:<c@example.test>\r\nBDAT 15\r\nSubject: bdat\r\nBDAT 8 LAST\r\n\r\nbody\r\nQUIT\r\n")
 	c.expect("250 2.0.0")
 	c.expect("250 2.1.0")
 	c.expect("250 2.1.5")
