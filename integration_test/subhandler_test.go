@@ -1,0 +1,51 @@
+package integration_test
+
+import (
+	"strings"
+	"testing"
+
+	_ "github.com/caddy-esmtp/caddy-esmtp/examples/subhandler"
+)
+
+// TestExampleSubhandler runs the third-party sub-handler of
+// examples/subhandler in front of maildir in real Caddy.
+func TestExampleSubhandler(t *testing.T) {
+	addr, maildir := startCaddyfile(t, `{
+	admin off
+	persist_config off
+	layer4 {
+		127.0.0.1:%PORT% {
+			route {
+				esmtp {
+					hostname mx.example.test
+					example_policy {
+						reject nobody@example.test
+						header X-Policy "checked by example_policy"
+					}
+					maildir %MAIL%
+				}
+			}
+		}
+	}
+}
+`)
+	c := dial(t, addr)
+	c.expect("220 ")
+	c.send("EHLO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<Nobody@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+	c.expect("250 ")
+	c.expect("250 2.1.0")
+	c.expect("550 5.1.1 No such user here")
+	c.expect("250 2.1.5")
+	c.expect("354 ")
+	c.send(stuffed(message) + ".\r\nQUIT\r\n")
+	c.expect("250 2.0.0")
+	c.expect("221 ")
+	files := delivered(t, maildir)
+	if len(files) != 1 {
+		t.Fatalf("%d files delivered, want 1", len(files))
+	}
+	rcv := splitReceived(t, files[0], "mx.example.test", []byte("X-Policy: checked by example_policy\r\n"+message))
+	if !strings.Contains(rcv, "for <b@example.test>") {
+		t.Errorf("Received: field does not name the one accepted recipient: %q", rcv)
+	}
+}
