@@ -22,6 +22,7 @@ import (
 
 	// Every sub-handler of this repository, so that
 	// `xcaddy build --with github.com/caddy-esmtp/caddy-esmtp` brings them.
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/discard"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/maildir"
 )
 
