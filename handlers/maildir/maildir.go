@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -78,9 +79,30 @@ func (m *Maildir) Provision(ctx caddy.Context) error {
 }
 
 // makeMaildir creates dir/tmp, dir/new and dir/cur.
+// Directories it creates are fsynced with their parents, so a Maildir made
+// during a delivery survives a crash after the 250 too.
 func makeMaildir(dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, "new")); err == nil {
+		return nil // the common case: it exists
+	}
+	// The ancestors that do not exist yet, deepest first.
+	var created []string
+	for p := filepath.Clean(dir); ; p = filepath.Dir(p) {
+		if _, err := os.Stat(p); err == nil || p == filepath.Dir(p) {
+			break
+		}
+		created = append(created, p)
+	}
 	for _, sub := range []string{"tmp", "new", "cur"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return err
+		}
+	}
+	if err := syncDir(dir); err != nil {
+		return err
+	}
+	for _, p := range created {
+		if err := syncDir(filepath.Dir(p)); err != nil {
 			return err
 		}
 	}
@@ -267,6 +289,14 @@ func (m *Maildir) commit(d *delivery) (err error) {
 		}
 		dst := filepath.Join(dir, "new", d.name)
 		if err := os.Link(d.tmp, dst); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				if sameFile(d.tmp, dst) {
+					// dir is an earlier target under another name (a
+					// symlinked alias, a case-insensitive file system).
+					continue
+				}
+				return err // never replace another message
+			}
 			if err := copyFile(d.tmp, filepath.Join(dir, "tmp", d.name), dst); err != nil {
 				return err
 			}
@@ -305,6 +335,16 @@ func copyFile(src, tmp, dst string) error {
 		os.Remove(tmp)
 	}
 	return err
+}
+
+// sameFile reports whether the paths a and b name one file.
+func sameFile(a, b string) bool {
+	fa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	fb, err := os.Stat(b)
+	return err == nil && os.SameFile(fa, fb)
 }
 
 func syncDir(dir string) error {
