@@ -472,7 +472,7 @@ func replyFromError(err error) *Reply {
 
 func (s *Session) emitHeader(a *assembler, h HeaderField) {
 	for _, hk := range s.srv.hooks.header {
-		if r := invoke(s, "header", hk, false, func(ctx context.Context, h2 HeaderHook) (*Reply, error) {
+		if r := invoke(s, "header", hk, true, func(ctx context.Context, h2 HeaderHook) (*Reply, error) {
 			return nil, h2.Header(ctx, s, h)
 		}); r != nil {
 			a.fail(r)
@@ -483,7 +483,7 @@ func (s *Session) emitHeader(a *assembler, h HeaderField) {
 
 func (s *Session) emitEndOfHeaders(a *assembler, raw []byte) {
 	for _, hk := range s.srv.hooks.endOfHeaders {
-		if r := invoke(s, "end of headers", hk, false, func(ctx context.Context, h EndOfHeadersHook) (*Reply, error) {
+		if r := invoke(s, "end of headers", hk, true, func(ctx context.Context, h EndOfHeadersHook) (*Reply, error) {
 			return nil, h.EndOfHeaders(ctx, s, raw)
 		}); r != nil {
 			a.fail(r)
@@ -494,7 +494,7 @@ func (s *Session) emitEndOfHeaders(a *assembler, raw []byte) {
 
 func (s *Session) emitBody(a *assembler, chunk []byte) {
 	for _, hk := range s.srv.hooks.body {
-		if r := invoke(s, "body", hk, false, func(ctx context.Context, h BodyHook) (*Reply, error) {
+		if r := invoke(s, "body", hk, true, func(ctx context.Context, h BodyHook) (*Reply, error) {
 			return nil, h.Body(ctx, s, chunk)
 		}); r != nil {
 			a.fail(r)

@@ -64,7 +64,9 @@ func (d *decoder) flag(p dataProblem) {
 // starts a line for dot-unstuffing or for the end sequence.
 func (d *decoder) bare(p dataProblem, out dataSink) {
 	if d.normalize {
-		out.write(crlf)
+		if d.problem == problemNone {
+			out.write(crlf)
+		}
 		d.lineLen = 0
 		return
 	}

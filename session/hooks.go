@@ -10,7 +10,8 @@ import "context"
 // engine's default applies. An error, a panic or a hook that returns after
 // Config.HandlerTimeout answers 451 4.3.0 (fail closed), never success.
 //
-// Every hook gets a context that is cancelled when the connection ends.
+// Every hook gets a context that is cancelled when the connection ends or
+// when Config.HandlerTimeout has passed for that call.
 // Per-session and per-transaction state belongs in Session.Values and
 // Transaction.Values, never in the sub-handler value, which is shared by all
 // sessions.

@@ -295,12 +295,12 @@ const (
 // batch is answered in one write). The line is returned without its CRLF
 // and is valid until the next read.
 func (s *Session) readCommand() ([]byte, lineStatus, error) {
+	s.setDeadline(s.cfg.CommandTimeout)
 	if s.r.Buffered() == 0 {
 		if err := s.w.Flush(); err != nil {
 			return nil, 0, err
 		}
 	}
-	s.setDeadline(s.cfg.CommandTimeout)
 	for {
 		line, status, err := s.readLine()
 		if err != nil && s.drainRetry(err, s.txn != nil || len(s.lineBuf) > 0) {
@@ -310,17 +310,18 @@ func (s *Session) readCommand() ([]byte, lineStatus, error) {
 	}
 }
 
-// setDeadline sets the read deadline d from now, bounded by the drain's
-// grace end.
+// setDeadline sets the read deadline d from now, and the write deadline d
+// from now (a client that stops reading cannot hold the session either).
+// Once draining, the read is woken at once and drainRetry bounds it by the
+// grace end if the session has work in progress. draining is checked after
+// the deadline is set, so a concurrent interrupt is never overwritten.
 func (s *Session) setDeadline(d time.Duration) {
 	s.deadline = time.Now().Add(d)
-	dl := s.deadline
+	s.conn.SetWriteDeadline(s.deadline)
+	s.conn.SetReadDeadline(s.deadline)
 	if s.draining.Load() {
-		if g := time.Unix(0, s.srv.graceEnd.Load()); g.Before(dl) {
-			dl = g
-		}
+		s.conn.SetReadDeadline(time.Now())
 	}
-	s.conn.SetReadDeadline(dl)
 }
 
 // drainRetry reports whether a read that failed with err should be tried
@@ -350,6 +351,11 @@ func (s *Session) readLine() ([]byte, lineStatus, error) {
 			return s.lineDone(frag)
 		}
 		if !s.lineOverflow && len(s.lineBuf)+len(frag) <= maxAuthLine {
+			if s.lineBuf == nil && len(frag) > 0 {
+				// Sized once: growing by append would round the
+				// capacity up past the limit (16 KiB).
+				s.lineBuf = make([]byte, 0, maxAuthLine)
+			}
 			s.lineBuf = append(s.lineBuf, frag...)
 		} else {
 			s.lineOverflow = true
@@ -391,6 +397,10 @@ func (s *Session) lineDone(line []byte) ([]byte, lineStatus, error) {
 func (s *Session) reply(r *Reply) { s.writeReply(r, true) }
 
 func (s *Session) writeReply(r *Reply, enhanced bool) {
+	// The write deadline runs from now: time the client idled or a hook
+	// worked since the last read must not eat into it (the final reply of
+	// a session is flushed without another read).
+	s.conn.SetWriteDeadline(time.Now().Add(s.cfg.CommandTimeout))
 	s.out = appendReply(s.out[:0], r, enhanced)
 	if s.debug {
 		s.log.Debug("S: " + string(s.out[:len(s.out)-2]))

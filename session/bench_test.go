@@ -1,0 +1,160 @@
+package session
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+)
+
+// repeatReader yields head, then batch n times, then EOF.
+type repeatReader struct {
+	head, batch []byte
+	n           int
+	cur         []byte
+}
+
+func (r *repeatReader) Read(p []byte) (int, error) {
+	total := 0
+	for len(p) > 0 {
+		if len(r.cur) == 0 {
+			switch {
+			case r.head != nil:
+				r.cur, r.head = r.head, nil
+			case r.n > 0:
+				r.cur = r.batch
+				r.n--
+			default:
+				if total == 0 {
+					return 0, io.EOF
+				}
+				return total, nil
+			}
+		}
+		c := copy(p, r.cur)
+		r.cur, p = r.cur[c:], p[c:]
+		total += c
+	}
+	return total, nil
+}
+
+// BenchmarkCommandParse runs pipelined MAIL/RCPT/RCPT/RSET batches through a
+// session: one op is one batch of four commands and replies.
+func BenchmarkCommandParse(b *testing.B) {
+	srv, err := NewServer(Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	batch := []byte("MAIL FROM:<sender@example.com> SIZE=1000 BODY=8BITMIME\r\n" +
+		"RCPT TO:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\nRSET\r\n")
+	conn := &memConn{
+		r: &repeatReader{head: []byte("EHLO client.example\r\n"), batch: batch, n: b.N},
+		w: io.Discard,
+	}
+	b.SetBytes(int64(len(batch)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	if err := srv.Serve(context.Background(), conn, ConnInfo{}); err != nil {
+		b.Fatal(err)
+	}
+}
+
+type discardSink struct{ n int }
+
+func (d *discardSink) write(p []byte) { d.n += len(p) }
+
+// realisticMessage is a dot-stuffed ~1 MiB message: headers, a text part
+// with some dot lines, a base64 attachment, then the end of data.
+func realisticMessage(size int) []byte {
+	var b bytes.Buffer
+	b.WriteString("Received: from mail.example.org (mail.example.org [192.0.2.1])\r\n\tby mx.example.com with ESMTPS id 4Xyz; Tue, 1 Jul 2025 10:00:00 +0000\r\n")
+	for i := 0; i < 20; i++ {
+		fmt.Fprintf(&b, "X-Header-%d: value number %d with some text\r\n", i, i)
+	}
+	b.WriteString("Subject: quarterly report\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n")
+	b.WriteString("--b1\r\nContent-Type: text/plain\r\n\r\n")
+	for i := 0; i < 200; i++ {
+		if i%25 == 0 {
+			b.WriteString("..a line that started with a dot\r\n")
+		}
+		b.WriteString("The quick brown fox jumps over the lazy dog, again and again and again.\r\n")
+	}
+	b.WriteString("--b1\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n")
+	line := strings.Repeat("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo", 3)[:76] + "\r\n"
+	for b.Len() < size-64 {
+		b.WriteString(line)
+	}
+	b.WriteString("--b1--\r\n.\r\n")
+	return b.Bytes()
+}
+
+func BenchmarkDecoder(b *testing.B) {
+	msg := realisticMessage(1 << 20)
+	var d decoder
+	var sink discardSink
+	b.SetBytes(int64(len(msg)))
+	b.ReportAllocs()
+	for b.Loop() {
+		d.reset(true, false, DefaultMaxLineLength)
+		in := msg
+		for len(in) > 0 {
+			n, end := d.decode(in[:min(len(in), 4096)], &sink) // the reader's buffer size
+			in = in[n:]
+			if end {
+				break
+			}
+		}
+		if len(in) != 0 || d.problem != problemNone {
+			b.Fatalf("decode: %d left, problem %v", len(in), d.problem)
+		}
+	}
+}
+
+// BenchmarkHeaderSplit splits a message with many headers into header
+// events, end of headers and body chunks for one sub-handler.
+func BenchmarkHeaderSplit(b *testing.B) {
+	var hb strings.Builder
+	for i := 0; i < 40; i++ {
+		fmt.Fprintf(&hb, "X-Header-%02d: some value for header %d\r\n", i, i)
+		if i%5 == 0 {
+			hb.WriteString("\tfolded continuation of the header\r\n")
+		}
+	}
+	hb.WriteString("\r\n")
+	hb.WriteString(strings.Repeat("body line of the message with text\r\n", 100))
+	msg := []byte(hb.String())
+
+	var headers, chunks int
+	h := &struct {
+		headerFunc
+		bodyFunc
+	}{
+		headerFunc(func(ctx context.Context, s *Session, f HeaderField) error { headers++; return nil }),
+		bodyFunc(func(ctx context.Context, s *Session, c []byte) error { chunks++; return nil }),
+	}
+	srv, err := NewServer(Config{ChunkSize: 4096, Handlers: []Handler{{Name: "h", Handler: h}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := newSession(srv, &memConn{}, ConnInfo{})
+	s.ctx = context.Background()
+	b.SetBytes(int64(len(msg)))
+	b.ReportAllocs()
+	for b.Loop() {
+		s.asm.reset(s, s.ctx)
+		for in := msg; len(in) > 0; {
+			n := min(len(in), 4096)
+			s.asm.write(in[:n])
+			in = in[n:]
+		}
+		s.asm.finish()
+		if s.asm.failure != nil {
+			b.Fatal(s.asm.failure)
+		}
+	}
+	if headers == 0 || chunks == 0 {
+		b.Fatal("no events")
+	}
+}
