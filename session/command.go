@@ -38,6 +38,9 @@ func (s *Session) command(line []byte) *Reply {
 		limit = maxAuthLine
 	}
 	if len(line)+2 > limit {
+		if verb == "BDAT" {
+			return replyBdatSyntax // its chunk follows and cannot be skipped
+		}
 		return replyLineTooLong
 	}
 	switch verb {
@@ -98,7 +101,7 @@ func (s *Session) command(line []byte) *Reply {
 
 // verb asks the VerbHooks about a simple command, falling back to def.
 func (s *Session) verb(cmd, arg string, def *Reply) *Reply {
-	if r := ask(s, "verb", s.srv.hooks.verb, true, func(ctx context.Context, h VerbHook) (*Reply, error) {
+	if r := ask(s, "verb", s.srv.hooks.verb, func(ctx context.Context, h VerbHook) (*Reply, error) {
 		return h.Verb(ctx, s, cmd, arg)
 	}); r != nil {
 		return r
@@ -118,7 +121,7 @@ func (s *Session) cmdHelo(arg string, extended bool) *Reply {
 	}
 	prevHelo, prevExt := s.helo, s.extended
 	s.helo, s.extended = arg, extended
-	r := ask(s, "helo", s.srv.hooks.helo, true, func(ctx context.Context, h HeloHook) (*Reply, error) {
+	r := ask(s, "helo", s.srv.hooks.helo, func(ctx context.Context, h HeloHook) (*Reply, error) {
 		return h.Helo(ctx, s, arg)
 	})
 	if r != nil && r.Code >= 400 {
@@ -189,7 +192,7 @@ func (s *Session) cmdMail(arg string) *Reply {
 	txn.Start = time.Now()
 	txn.ID = newID(txn.Start)
 	s.txn = txn
-	r := ask(s, "mail", s.srv.hooks.mail, true, func(ctx context.Context, h MailHook) (*Reply, error) {
+	r := ask(s, "mail", s.srv.hooks.mail, func(ctx context.Context, h MailHook) (*Reply, error) {
 		return h.Mail(ctx, s, path, params)
 	})
 	if r != nil && r.Code >= 400 {
@@ -225,7 +228,7 @@ func (s *Session) cmdRcpt(arg string) *Reply {
 	if len(s.txn.Recipients) >= s.cfg.MaxRecipients {
 		return replyTooManyRcpts
 	}
-	r := ask(s, "rcpt", s.srv.hooks.rcpt, true, func(ctx context.Context, h RcptHook) (*Reply, error) {
+	r := ask(s, "rcpt", s.srv.hooks.rcpt, func(ctx context.Context, h RcptHook) (*Reply, error) {
 		return h.Rcpt(ctx, s, path, params)
 	})
 	if r != nil && r.Code >= 400 {
@@ -251,7 +254,7 @@ func (s *Session) dataAllowed() *Reply {
 
 // askData runs the DataHooks; a rejection aborts the transaction.
 func (s *Session) askData() *Reply {
-	r := ask(s, "data", s.srv.hooks.data, true, func(ctx context.Context, h DataHook) (*Reply, error) {
+	r := ask(s, "data", s.srv.hooks.data, func(ctx context.Context, h DataHook) (*Reply, error) {
 		return h.Data(ctx, s)
 	})
 	if r != nil && r.Code >= 400 {
@@ -326,6 +329,11 @@ func (s *Session) dataReadFailed(err error) {
 		s.abort(errConnectionEnded)
 	}
 	s.readFailed(err)
+}
+
+// isBdat reports whether a command line starts with "BDAT ".
+func isBdat(line []byte) bool {
+	return len(line) >= 5 && bytes.EqualFold(line[:5], []byte("BDAT "))
 }
 
 // parseBdat parses "<size> [LAST]".
@@ -442,7 +450,7 @@ func (s *Session) endMessage() {
 	case s.asm.failure != nil:
 		r = replyFromError(s.asm.failure)
 	default:
-		r = ask(s, "end of message", s.srv.hooks.message, true, func(ctx context.Context, h MessageHook) (*Reply, error) {
+		r = ask(s, "end of message", s.srv.hooks.message, func(ctx context.Context, h MessageHook) (*Reply, error) {
 			return h.EndOfMessage(ctx, s)
 		})
 		if r == nil {
@@ -470,9 +478,25 @@ func replyFromError(err error) *Reply {
 	return replyHandlerFailed
 }
 
+// streamContext is the context of header and body hooks: one per message
+// rather than one per call, renewed when less than half of HandlerTimeout
+// is left, so each call has at least half of it (invoke still fails a call
+// that returns after the whole HandlerTimeout).
+func (s *Session) streamContext() context.Context {
+	now := time.Now()
+	if s.streamCtx == nil || s.streamDeadline.Sub(now) < s.cfg.HandlerTimeout/2 {
+		if s.streamCancel != nil {
+			s.streamCancel()
+		}
+		s.streamDeadline = now.Add(s.cfg.HandlerTimeout)
+		s.streamCtx, s.streamCancel = context.WithDeadline(s.ctx, s.streamDeadline)
+	}
+	return s.streamCtx
+}
+
 func (s *Session) emitHeader(a *assembler, h HeaderField) {
 	for _, hk := range s.srv.hooks.header {
-		if r := invoke(s, "header", hk, true, func(ctx context.Context, h2 HeaderHook) (*Reply, error) {
+		if r := invoke(s, "header", hk, s.streamContext(), func(ctx context.Context, h2 HeaderHook) (*Reply, error) {
 			return nil, h2.Header(ctx, s, h)
 		}); r != nil {
 			a.fail(r)
@@ -483,7 +507,7 @@ func (s *Session) emitHeader(a *assembler, h HeaderField) {
 
 func (s *Session) emitEndOfHeaders(a *assembler, raw []byte) {
 	for _, hk := range s.srv.hooks.endOfHeaders {
-		if r := invoke(s, "end of headers", hk, true, func(ctx context.Context, h EndOfHeadersHook) (*Reply, error) {
+		if r := invoke(s, "end of headers", hk, s.streamContext(), func(ctx context.Context, h EndOfHeadersHook) (*Reply, error) {
 			return nil, h.EndOfHeaders(ctx, s, raw)
 		}); r != nil {
 			a.fail(r)
@@ -494,7 +518,7 @@ func (s *Session) emitEndOfHeaders(a *assembler, raw []byte) {
 
 func (s *Session) emitBody(a *assembler, chunk []byte) {
 	for _, hk := range s.srv.hooks.body {
-		if r := invoke(s, "body", hk, true, func(ctx context.Context, h BodyHook) (*Reply, error) {
+		if r := invoke(s, "body", hk, s.streamContext(), func(ctx context.Context, h BodyHook) (*Reply, error) {
 			return nil, h.Body(ctx, s, chunk)
 		}); r != nil {
 			a.fail(r)
@@ -504,23 +528,22 @@ func (s *Session) emitBody(a *assembler, chunk []byte) {
 }
 
 // ask calls the hooks in order until one has an opinion.
-func ask[H any](s *Session, event string, hooks []hooked[H], timed bool, call func(context.Context, H) (*Reply, error)) *Reply {
+func ask[H any](s *Session, event string, hooks []hooked[H], call func(context.Context, H) (*Reply, error)) *Reply {
 	for _, hk := range hooks {
-		if r := invoke(s, event, hk, timed, call); r != nil {
+		if r := invoke(s, event, hk, nil, call); r != nil {
 			return r
 		}
 	}
 	return nil
 }
 
-// invoke calls one hook, failing closed: an error, a panic, an invalid
+// invoke calls one hook with ctx (nil: a fresh HandlerTimeout deadline), failing closed: an error, a panic, an invalid
 // reply or a call that ran past HandlerTimeout gives 451 4.3.0. A *Reply
 // returned as the error is used as the reply.
-func invoke[H any](s *Session, event string, hk hooked[H], timed bool, call func(context.Context, H) (*Reply, error)) (r *Reply) {
-	ctx := s.ctx
-	if timed {
+func invoke[H any](s *Session, event string, hk hooked[H], ctx context.Context, call func(context.Context, H) (*Reply, error)) (r *Reply) {
+	if ctx == nil {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.cfg.HandlerTimeout)
+		ctx, cancel = context.WithTimeout(s.ctx, s.cfg.HandlerTimeout)
 		defer cancel()
 	}
 	start := time.Now()

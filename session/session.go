@@ -45,6 +45,10 @@ type Session struct {
 	dec          decoder
 	asm          assembler
 
+	streamCtx      context.Context // see streamContext
+	streamCancel   context.CancelFunc
+	streamDeadline time.Time
+
 	closing  bool // the session ends after the reply being sent
 	draining atomic.Bool
 	deadline time.Time // the current read deadline before any drain
@@ -88,8 +92,8 @@ type Recipient struct {
 // engine's Received: field. Call it from MAIL, RCPT or DATA hooks; headers
 // added once the message data has started are ignored.
 func (t *Transaction) AddHeader(name, value string) {
-	raw := Sanitize(name, 0) + ": " + Sanitize(value, 0) + "\r\n"
-	t.added = append(t.added, HeaderField{Name: name, Value: value, Raw: []byte(raw)})
+	name, value = Sanitize(name, 0), Sanitize(value, 0)
+	t.added = append(t.added, HeaderField{Name: name, Value: value, Raw: []byte(name + ": " + value + "\r\n")})
 }
 
 // Value returns the per-transaction value stored under key.
@@ -147,7 +151,6 @@ func newSession(srv *Server, conn net.Conn, info ConnInfo) *Session {
 		cfg:    &srv.cfg,
 		conn:   conn,
 		r:      bufio.NewReaderSize(conn, 4096),
-		w:      bufio.NewWriterSize(conn, 4096),
 		id:     newID(time.Now()),
 		remote: info.RemoteAddr,
 		local:  info.LocalAddr,
@@ -160,9 +163,20 @@ func newSession(srv *Server, conn net.Conn, info ConnInfo) *Session {
 	if s.local == nil {
 		s.local = conn.LocalAddr()
 	}
+	s.w = bufio.NewWriterSize(deadlineWriter{s}, 4096)
 	s.log = srv.cfg.Logger
 	s.debug = s.log.Core().Enabled(zap.DebugLevel)
 	return s
+}
+
+// deadlineWriter gives each write to the client a fresh CommandTimeout
+// deadline, so a client that stops reading cannot hold the session, and
+// time spent idle or in hooks never eats into the time to send a reply.
+type deadlineWriter struct{ s *Session }
+
+func (w deadlineWriter) Write(p []byte) (int, error) {
+	w.s.conn.SetWriteDeadline(time.Now().Add(w.s.cfg.CommandTimeout))
+	return w.s.conn.Write(p)
 }
 
 // interrupt wakes a session blocked in a read so it notices the drain.
@@ -176,6 +190,11 @@ func (s *Session) run(parent context.Context) (err error) {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	s.ctx = ctx
+	defer func() {
+		if s.streamCancel != nil {
+			s.streamCancel()
+		}
+	}()
 	defer func() {
 		if s.txn != nil {
 			s.abort(errConnectionEnded)
@@ -196,7 +215,7 @@ func (s *Session) run(parent context.Context) (err error) {
 		}
 	}()
 
-	greeting := ask(s, "connect", s.srv.hooks.connect, true, func(ctx context.Context, h ConnectHook) (*Reply, error) {
+	greeting := ask(s, "connect", s.srv.hooks.connect, func(ctx context.Context, h ConnectHook) (*Reply, error) {
 		return h.Connect(ctx, s)
 	})
 	if greeting == nil {
@@ -227,6 +246,9 @@ func (s *Session) run(parent context.Context) (err error) {
 			return s.w.Flush()
 		case lineTooLong:
 			r = replyLineTooLong
+			if isBdat(line) {
+				r = replyBdatSyntax
+			}
 		case lineBadEnding:
 			r = replyBadLineEnding
 		default:
@@ -317,7 +339,6 @@ func (s *Session) readCommand() ([]byte, lineStatus, error) {
 // the deadline is set, so a concurrent interrupt is never overwritten.
 func (s *Session) setDeadline(d time.Duration) {
 	s.deadline = time.Now().Add(d)
-	s.conn.SetWriteDeadline(s.deadline)
 	s.conn.SetReadDeadline(s.deadline)
 	if s.draining.Load() {
 		s.conn.SetReadDeadline(time.Now())
@@ -368,8 +389,11 @@ func (s *Session) readLine() ([]byte, lineStatus, error) {
 		switch err {
 		case nil:
 			if s.lineOverflow {
+				// The start of the line is returned so that an over-long
+				// BDAT can be told apart (its chunk cannot be skipped).
+				start := s.lineBuf[:min(len(s.lineBuf), 5)]
 				s.lineBuf, s.lineOverflow, s.lineSkipped = s.lineBuf[:0], false, 0
-				return nil, lineTooLong, nil
+				return start, lineTooLong, nil
 			}
 			line := s.lineBuf
 			s.lineBuf = s.lineBuf[:0]
@@ -397,10 +421,6 @@ func (s *Session) lineDone(line []byte) ([]byte, lineStatus, error) {
 func (s *Session) reply(r *Reply) { s.writeReply(r, true) }
 
 func (s *Session) writeReply(r *Reply, enhanced bool) {
-	// The write deadline runs from now: time the client idled or a hook
-	// worked since the last read must not eat into it (the final reply of
-	// a session is flushed without another read).
-	s.conn.SetWriteDeadline(time.Now().Add(s.cfg.CommandTimeout))
 	s.out = appendReply(s.out[:0], r, enhanced)
 	if s.debug {
 		s.log.Debug("S: " + string(s.out[:len(s.out)-2]))

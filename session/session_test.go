@@ -484,3 +484,16 @@ func TestConnectHookRejects(t *testing.T) {
 	}
 	ts.expectClosed()
 }
+
+// TestOverlongBdatCloses: a BDAT line too long to be parsed cannot have its
+// chunk skipped, so the session is closed rather than reading the chunk as
+// commands.
+func TestOverlongBdatCloses(t *testing.T) {
+	for _, pad := range []int{600, 20000} {
+		ts := start(t, Config{})
+		ts.ehlo()
+		ts.sendRaw("BDAT 6" + strings.Repeat(" ", pad) + "\r\n")
+		ts.expect(501, "5.5.4")
+		ts.expectClosed()
+	}
+}
