@@ -20,6 +20,12 @@ func (s *Session) command(line []byte) *Reply {
 	}
 	verbBytes, argBytes, _ := bytes.Cut(line, []byte{' '})
 	argBytes = bytes.Trim(argBytes, " ")
+	switch {
+	case bytes.EqualFold(verbBytes, []byte("STARTTLS")):
+		return s.cmdStartTLS(len(argBytes) > 0)
+	case bytes.EqualFold(verbBytes, []byte("XCLIENT")):
+		return s.cmdXClient(string(argBytes))
+	}
 	var v [4]byte
 	if len(verbBytes) == 4 {
 		for i, c := range verbBytes {
@@ -88,12 +94,10 @@ func (s *Session) command(line []byte) *Reply {
 		}
 		s.closing = true
 		return r
-	case "TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML", "AUTH", "STAR":
-		// RFC commands this engine does not implement (STARTTLS is
-		// longer than four letters but starts the same way).
-		if verb == "STAR" && !bytes.EqualFold(verbBytes, []byte("STARTTLS")) {
-			break
-		}
+	case "AUTH":
+		return s.cmdAuth(argBytes)
+	case "TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML":
+		// RFC commands this engine does not implement.
 		return s.verb(verb, string(argBytes), replyNotImpl)
 	}
 	return s.verb(Sanitize(strings.ToUpper(string(verbBytes)), 64), string(argBytes), replyUnknown)
@@ -137,6 +141,15 @@ func (s *Session) cmdHelo(arg string, extended bool) *Reply {
 	}
 	lines := append(make([]string, 0, len(s.srv.ehloKeywords)+4), first)
 	lines = append(lines, s.srv.ehloKeywords...)
+	if s.startTLSOffered() {
+		lines = append(lines, startTLSEHLOKeyword)
+	}
+	if _, mechs := s.authHookFor(); len(mechs) > 0 && s.AuthUser() == "" {
+		lines = append(lines, "AUTH "+strings.Join(mechs, " "))
+	}
+	if s.xclientAllowed() {
+		lines = append(lines, xclientEHLOKeyword)
+	}
 	for _, h := range s.srv.hooks.ext {
 		lines = append(lines, h.h.Extensions(s)...)
 	}
@@ -149,6 +162,9 @@ func (s *Session) cmdMail(arg string) *Reply {
 	}
 	if s.txn != nil {
 		return replyNestedMail
+	}
+	if s.cfg.RequireTLS && s.tls == nil {
+		return replyTLSRequired
 	}
 	if len(arg) < 5 || !strings.EqualFold(arg[:5], "FROM:") {
 		return replyMailSyntax

@@ -1,8 +1,10 @@
 package session
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"go.uber.org/zap"
@@ -75,6 +77,15 @@ type Config struct {
 	GracePeriod time.Duration
 	// BareLineEndings is BareReject (default) or BareNormalize.
 	BareLineEndings BareLineEndings
+	// TLSConfig, when set, offers STARTTLS (RFC 3207) with it on sessions
+	// that are not TLS already.
+	TLSConfig *tls.Config
+	// RequireTLS refuses MAIL with 530 5.7.0 before STARTTLS.
+	RequireTLS bool
+	// XClientNetworks are the client networks allowed to use XCLIENT
+	// (Postfix's extension, spoken by proxies such as nginx's mail proxy)
+	// to pass on the original client's address, HELO name and login.
+	XClientNetworks []netip.Prefix
 	// Handlers are the sub-handlers, asked in this order.
 	Handlers []Handler
 	// Logger receives one line per message and per session, and the

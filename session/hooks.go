@@ -134,6 +134,7 @@ type hookSet struct {
 	close        []hooked[CloseHook]
 	verb         []hooked[VerbHook]
 	ext          []hooked[ExtensionHook]
+	auth         []hooked[AuthHook]
 }
 
 func collect[H any](handlers []Handler) []hooked[H] {
@@ -161,6 +162,7 @@ func newHookSet(handlers []Handler) *hookSet {
 		close:        collect[CloseHook](handlers),
 		verb:         collect[VerbHook](handlers),
 		ext:          collect[ExtensionHook](handlers),
+		auth:         collect[AuthHook](handlers),
 	}
 }
 

@@ -19,7 +19,8 @@ import (
 type Session struct {
 	srv  *Server
 	cfg  *Config
-	conn net.Conn
+	raw  net.Conn // the accepted connection: deadlines are set on it
+	conn net.Conn // what is read and written: raw, or TLS over raw after STARTTLS
 	r    *bufio.Reader
 	w    *bufio.Writer
 
@@ -49,6 +50,7 @@ type Session struct {
 	streamCancel   context.CancelFunc
 	streamDeadline time.Time
 
+	secret   bool // the next line is a SASL response: kept out of the transcript
 	closing  bool // the session ends after the reply being sent
 	draining atomic.Bool
 	deadline time.Time // the current read deadline before any drain
@@ -149,6 +151,7 @@ func newSession(srv *Server, conn net.Conn, info ConnInfo) *Session {
 	s := &Session{
 		srv:    srv,
 		cfg:    &srv.cfg,
+		raw:    conn,
 		conn:   conn,
 		r:      bufio.NewReaderSize(conn, 4096),
 		id:     newID(time.Now()),
@@ -175,14 +178,14 @@ func newSession(srv *Server, conn net.Conn, info ConnInfo) *Session {
 type deadlineWriter struct{ s *Session }
 
 func (w deadlineWriter) Write(p []byte) (int, error) {
-	w.s.conn.SetWriteDeadline(time.Now().Add(w.s.cfg.CommandTimeout))
+	w.s.raw.SetWriteDeadline(time.Now().Add(w.s.cfg.CommandTimeout))
 	return w.s.conn.Write(p)
 }
 
 // interrupt wakes a session blocked in a read so it notices the drain.
 func (s *Session) interrupt() {
 	s.draining.Store(true)
-	s.conn.SetReadDeadline(time.Now())
+	s.raw.SetReadDeadline(time.Now())
 }
 
 // run carries the conversation until it ends.
@@ -215,14 +218,9 @@ func (s *Session) run(parent context.Context) (err error) {
 		}
 	}()
 
-	greeting := ask(s, "connect", s.srv.hooks.connect, func(ctx context.Context, h ConnectHook) (*Reply, error) {
-		return h.Connect(ctx, s)
-	})
+	greeting := ask(s, "connect", s.srv.hooks.connect, connectCall(s))
 	if greeting == nil {
-		greeting = &Reply{Code: 220, Lines: []string{s.cfg.Hostname + " ESMTP " + s.cfg.Greeting}}
-		if s.cfg.Greeting == "" {
-			greeting.Lines[0] = s.cfg.Hostname + " ESMTP"
-		}
+		greeting = s.defaultGreeting()
 	}
 	s.writeReply(greeting, false)
 	if greeting.Code >= 400 || greeting.Close {
@@ -272,6 +270,20 @@ func (s *Session) run(parent context.Context) (err error) {
 			return s.w.Flush()
 		}
 	}
+}
+
+// connectCall asks a ConnectHook about this session.
+func connectCall(s *Session) func(context.Context, ConnectHook) (*Reply, error) {
+	return func(ctx context.Context, h ConnectHook) (*Reply, error) { return h.Connect(ctx, s) }
+}
+
+// defaultGreeting is "220 <hostname> ESMTP [<greeting>]".
+func (s *Session) defaultGreeting() *Reply {
+	text := s.cfg.Hostname + " ESMTP"
+	if s.cfg.Greeting != "" {
+		text += " " + s.cfg.Greeting
+	}
+	return &Reply{Code: 220, Lines: []string{text}}
 }
 
 // readFailed turns a read error into the session's end.
@@ -339,9 +351,9 @@ func (s *Session) readCommand() ([]byte, lineStatus, error) {
 // the deadline is set, so a concurrent interrupt is never overwritten.
 func (s *Session) setDeadline(d time.Duration) {
 	s.deadline = time.Now().Add(d)
-	s.conn.SetReadDeadline(s.deadline)
+	s.raw.SetReadDeadline(s.deadline)
 	if s.draining.Load() {
-		s.conn.SetReadDeadline(time.Now())
+		s.raw.SetReadDeadline(time.Now())
 	}
 }
 
@@ -361,7 +373,7 @@ func (s *Session) drainRetry(err error, busy bool) bool {
 	if g.After(s.deadline) {
 		g = s.deadline
 	}
-	s.conn.SetReadDeadline(g)
+	s.raw.SetReadDeadline(g)
 	return true
 }
 
@@ -409,7 +421,11 @@ func (s *Session) readLine() ([]byte, lineStatus, error) {
 // lineDone checks the line ending and strips it.
 func (s *Session) lineDone(line []byte) ([]byte, lineStatus, error) {
 	if s.debug {
-		s.log.Debug("C: " + redactLine(line))
+		if s.secret {
+			s.log.Debug("C: <redacted>")
+		} else {
+			s.log.Debug("C: " + redactLine(line))
+		}
 	}
 	if len(line) < 2 || line[len(line)-2] != '\r' {
 		return nil, lineBadEnding, nil

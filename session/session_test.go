@@ -105,6 +105,17 @@ func TestDefaultReplies(t *testing.T) {
 	}
 }
 
+// TestStartTLSNotConfigured: STARTTLS without a TLS config is not offered
+// and is answered 502 5.5.1.
+func TestStartTLSNotConfigured(t *testing.T) {
+	ts := start(t, Config{})
+	r := ts.cmd("EHLO client.test", 250, "")
+	if strings.Contains(r.raw, "STARTTLS") {
+		t.Fatalf("STARTTLS advertised without a TLS config: %q", r.raw)
+	}
+	ts.cmd("STARTTLS", 502, "5.5.1")
+}
+
 func TestUnknownCommandNotEchoed(t *testing.T) {
 	rec := &recorder{}
 	ts := start(t, Config{Handlers: []Handler{{Name: "rec", Handler: rec}}})
@@ -113,7 +124,6 @@ func TestUnknownCommandNotEchoed(t *testing.T) {
 		"FOO\x7f\xff\xfe bar",
 		"",
 		"MAILFROM:<a@b>",
-		"STARTTLS",
 		"LONGVERBLONGVERB arg",
 	} {
 		r := ts.cmd(l, 500, "5.5.2")
