@@ -6,6 +6,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/dustin/go-humanize"
 	"github.com/mholt/caddy-l4/layer4"
 )
@@ -26,6 +27,9 @@ import (
 //		handler_timeout    <duration>
 //		grace_period       <duration>
 //		bare_line_endings  reject|normalize
+//		starttls [{ connection_policy { ... } }]
+//		require_tls
+//		xclient_networks   <cidr...>
 //		<sub-handler> [<args...>] [{ ... }]   # e.g. maildir ./mail
 //	}
 //
@@ -104,6 +108,35 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			default:
 				h.GracePeriod = caddy.Duration(dur)
 			}
+		case "starttls":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.StartTLS = new(StartTLS)
+			for n := d.Nesting(); d.NextBlock(n); {
+				if d.Val() != "connection_policy" {
+					return d.Errf("starttls: unknown option %q (known: connection_policy)", d.Val())
+				}
+				cp := new(caddytls.ConnectionPolicy)
+				if err := cp.UnmarshalCaddyfile(d.NewFromNextSegment()); err != nil {
+					return err
+				}
+				h.StartTLS.ConnectionPolicies = append(h.StartTLS.ConnectionPolicies, cp)
+			}
+		case "require_tls":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.RequireTLS = true
+		case "xclient_networks":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			if _, err := parsePrefixes(args); err != nil {
+				return d.Errf("xclient_networks: %v", err)
+			}
+			h.XClientNetworks = append(h.XClientNetworks, args...)
 		default:
 			unm, err := caddyfile.UnmarshalModule(d, "esmtp.handlers."+opt)
 			if err != nil {

@@ -8,20 +8,24 @@
 package esmtp
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"go.uber.org/zap"
 
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 
 	// Every sub-handler of this repository, so that
 	// `xcaddy build --with github.com/caddy-esmtp/caddy-esmtp` brings them.
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/auth"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/discard"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/maildir"
 )
@@ -72,12 +76,33 @@ type Handler struct {
 	// message data: "reject" (default; 550 5.5.2 after the end of data)
 	// or "normalize" (bare CR and LF become CRLF; NUL is still refused).
 	BareLineEndings string `json:"bare_line_endings,omitempty"`
+	// StartTLS, when present, offers STARTTLS (RFC 3207) with certificates
+	// from Caddy's tls app. With no connection policies, the certificate
+	// Caddy manages for hostname is used, and Caddy is asked to manage it
+	// (ACME in production, the internal issuer where configured).
+	StartTLS *StartTLS `json:"starttls,omitempty"`
+	// RequireTLS refuses MAIL with 530 5.7.0 until the client has used
+	// STARTTLS (or the connection is implicit TLS).
+	RequireTLS bool `json:"require_tls,omitempty"`
+	// XClientNetworks are CIDR ranges (or single addresses) of proxies
+	// allowed to use XCLIENT to pass on the original client's address,
+	// HELO name and login (Postfix's extension, as nginx's mail proxy
+	// speaks it). Empty: XCLIENT is refused.
+	XClientNetworks []string `json:"xclient_networks,omitempty"`
 	// HandlersRaw is the ordered list of sub-handlers (modules in the
 	// esmtp.handlers namespace), asked in this order at every event.
 	HandlersRaw []json.RawMessage `json:"handlers,omitempty" caddy:"namespace=esmtp.handlers inline_key=handler"`
 
 	server *session.Server
 	logger *zap.Logger
+}
+
+// StartTLS configures STARTTLS.
+type StartTLS struct {
+	// ConnectionPolicies select the certificate and TLS settings per
+	// handshake, as for caddy-l4's tls handler. Empty: one policy for the
+	// esmtp hostname.
+	ConnectionPolicies caddytls.ConnectionPolicies `json:"connection_policies,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -109,7 +134,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if hostname == "" {
 		hostname = defaultHostname()
 	}
+	tlsConfig, err := h.provisionTLS(ctx, hostname)
+	if err != nil {
+		return err
+	}
+	xclient, err := parsePrefixes(h.XClientNetworks)
+	if err != nil {
+		return fmt.Errorf("esmtp: xclient_networks: %v", err)
+	}
 	srv, err := session.NewServer(session.Config{
+		TLSConfig:       tlsConfig,
+		RequireTLS:      h.RequireTLS,
+		XClientNetworks: xclient,
 		Hostname:        hostname,
 		Greeting:        h.Greeting,
 		MaxMessageSize:  h.MaxMessageSize,
@@ -159,6 +195,61 @@ func (h *Handler) Cleanup() error {
 		}
 	}
 	return nil
+}
+
+// provisionTLS builds the STARTTLS configuration from Caddy's tls app.
+func (h *Handler) provisionTLS(ctx caddy.Context, hostname string) (*tls.Config, error) {
+	if h.StartTLS == nil {
+		return nil, nil
+	}
+	policies := h.StartTLS.ConnectionPolicies
+	manage := len(policies) == 0
+	if manage {
+		policies = caddytls.ConnectionPolicies{new(caddytls.ConnectionPolicy)}
+	}
+	for _, p := range policies {
+		if p.DefaultSNI == "" {
+			p.DefaultSNI = hostname // mail clients often send no SNI
+		}
+		if p.ALPN == nil {
+			p.ALPN = []string{} // not Caddy's h2/http1.1 default: SMTP clients may offer others
+		}
+	}
+	if manage {
+		appIface, err := ctx.App("tls")
+		if err != nil {
+			return nil, fmt.Errorf("esmtp: starttls: getting the tls app: %v", err)
+		}
+		if err := appIface.(*caddytls.TLS).Manage(map[string]struct{}{hostname: {}}); err != nil {
+			return nil, fmt.Errorf("esmtp: starttls: managing a certificate for %q: %v", hostname, err)
+		}
+	}
+	if err := policies.Provision(ctx); err != nil {
+		return nil, fmt.Errorf("esmtp: starttls: connection_policies: %v", err)
+	}
+	h.StartTLS.ConnectionPolicies = policies
+	return policies.TLSConfig(ctx), nil
+}
+
+// parsePrefixes parses CIDR ranges or single addresses.
+func parsePrefixes(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, v := range list {
+		if strings.Contains(v, "/") {
+			p, err := netip.ParsePrefix(v)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not an IP address or CIDR range", v)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
 }
 
 // defaultHostname is the machine's name when it is a valid domain.

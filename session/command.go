@@ -609,6 +609,8 @@ func (s *Session) logMessage(txn *Transaction, r *Reply) {
 		zap.Strings("rcpts", rcpts),
 		zap.Int64("size", txn.Size),
 		zap.Duration("duration", time.Since(txn.Start)),
+		zap.Bool("tls", s.tls != nil),
+		zap.String("auth", logSafe(s.AuthUser())),
 		zap.Int("code", r.Code),
 		zap.String("reply", r.Error()))
 }
