@@ -30,6 +30,9 @@ import (
 //		starttls [{ connection_policy { ... } }]
 //		require_tls
 //		xclient_networks   <cidr...>
+//		max_connections    <n>
+//		max_connections_per_ip <n>
+//		reject_early_talkers [<greet_delay>]
 //		<sub-handler> [<args...>] [{ ... }]   # e.g. maildir ./mail
 //	}
 //
@@ -71,6 +74,32 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.ChunkSize = int(n)
 			default:
 				h.MaxHeaderSize = int(n)
+			}
+		case "max_connections", "max_connections_per_ip":
+			var v string
+			if !d.Args(&v) || d.NextArg() {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return d.Errf("%s: must be a non-negative integer, got %q", opt, v)
+			}
+			if opt == "max_connections" {
+				h.MaxConnections = n
+			} else {
+				h.MaxConnectionsPerIP = n
+			}
+		case "reject_early_talkers":
+			h.RejectEarlyTalkers = true
+			if d.NextArg() {
+				dur, err := caddy.ParseDuration(d.Val())
+				if err != nil || dur <= 0 {
+					return d.Errf("reject_early_talkers: the greet delay must be a positive duration such as 1s, got %q", d.Val())
+				}
+				h.GreetDelay = caddy.Duration(dur)
+				if d.NextArg() {
+					return d.ArgErr()
+				}
 			}
 		case "max_recipients", "max_errors", "max_line_length":
 			var v string

@@ -89,6 +89,19 @@ type Handler struct {
 	// HELO name and login (Postfix's extension, as nginx's mail proxy
 	// speaks it). Empty: XCLIENT is refused.
 	XClientNetworks []string `json:"xclient_networks,omitempty"`
+	// MaxConnections bounds the sessions of this handler at once; more get
+	// 421 4.7.0 and are closed at once, before they use up file
+	// descriptors. 0 (default): no limit.
+	MaxConnections int `json:"max_connections,omitempty"`
+	// MaxConnectionsPerIP bounds the sessions from one client IP at once;
+	// more get 421 4.7.0. 0 (default): no limit.
+	MaxConnectionsPerIP int `json:"max_connections_per_ip,omitempty"`
+	// RejectEarlyTalkers waits GreetDelay before the greeting; a client
+	// that sends anything by then (which RFC 5321 forbids, and spam
+	// software does) gets 554 5.5.0 and is closed.
+	RejectEarlyTalkers bool `json:"reject_early_talkers,omitempty"`
+	// GreetDelay is that wait. Default: 1s when reject_early_talkers is on.
+	GreetDelay caddy.Duration `json:"greet_delay,omitempty"`
 	// HandlersRaw is the ordered list of sub-handlers (modules in the
 	// esmtp.handlers namespace), asked in this order at every event.
 	HandlersRaw []json.RawMessage `json:"handlers,omitempty" caddy:"namespace=esmtp.handlers inline_key=handler"`
@@ -143,24 +156,28 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("esmtp: xclient_networks: %v", err)
 	}
 	srv, err := session.NewServer(session.Config{
-		TLSConfig:       tlsConfig,
-		RequireTLS:      h.RequireTLS,
-		XClientNetworks: xclient,
-		Hostname:        hostname,
-		Greeting:        h.Greeting,
-		MaxMessageSize:  h.MaxMessageSize,
-		MaxRecipients:   h.MaxRecipients,
-		MaxErrors:       h.MaxErrors,
-		CommandTimeout:  time.Duration(h.CommandTimeout),
-		DataTimeout:     time.Duration(h.DataTimeout),
-		ChunkSize:       h.ChunkSize,
-		MaxLineLength:   h.MaxLineLength,
-		MaxHeaderSize:   h.MaxHeaderSize,
-		HandlerTimeout:  time.Duration(h.HandlerTimeout),
-		GracePeriod:     time.Duration(h.GracePeriod),
-		BareLineEndings: session.BareLineEndings(h.BareLineEndings),
-		Handlers:        handlers,
-		Logger:          h.logger,
+		TLSConfig:           tlsConfig,
+		RequireTLS:          h.RequireTLS,
+		XClientNetworks:     xclient,
+		MaxConnections:      h.MaxConnections,
+		MaxConnectionsPerIP: h.MaxConnectionsPerIP,
+		RejectEarlyTalkers:  h.RejectEarlyTalkers,
+		GreetDelay:          time.Duration(h.GreetDelay),
+		Hostname:            hostname,
+		Greeting:            h.Greeting,
+		MaxMessageSize:      h.MaxMessageSize,
+		MaxRecipients:       h.MaxRecipients,
+		MaxErrors:           h.MaxErrors,
+		CommandTimeout:      time.Duration(h.CommandTimeout),
+		DataTimeout:         time.Duration(h.DataTimeout),
+		ChunkSize:           h.ChunkSize,
+		MaxLineLength:       h.MaxLineLength,
+		MaxHeaderSize:       h.MaxHeaderSize,
+		HandlerTimeout:      time.Duration(h.HandlerTimeout),
+		GracePeriod:         time.Duration(h.GracePeriod),
+		BareLineEndings:     session.BareLineEndings(h.BareLineEndings),
+		Handlers:            handlers,
+		Logger:              h.logger,
 	})
 	if err != nil {
 		return fmt.Errorf("esmtp: %w", err)

@@ -86,6 +86,17 @@ type Config struct {
 	// (Postfix's extension, spoken by proxies such as nginx's mail proxy)
 	// to pass on the original client's address, HELO name and login.
 	XClientNetworks []netip.Prefix
+	// MaxConnections bounds the sessions of this Server at once; more get
+	// 421 4.7.0 at connect. 0: no limit.
+	MaxConnections int
+	// MaxConnectionsPerIP bounds the sessions from one client IP at once;
+	// more get 421 4.7.0. 0: no limit.
+	MaxConnectionsPerIP int
+	// RejectEarlyTalkers waits GreetDelay before the greeting and answers
+	// 554 5.5.0 and closes when the client has sent anything by then.
+	RejectEarlyTalkers bool
+	// GreetDelay is that wait (default 1s when RejectEarlyTalkers is set).
+	GreetDelay time.Duration
 	// Handlers are the sub-handlers, asked in this order.
 	Handlers []Handler
 	// Logger receives one line per message and per session, and the
@@ -129,6 +140,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.GracePeriod == 0 {
 		c.GracePeriod = DefaultGracePeriod
 	}
+	if c.RejectEarlyTalkers && c.GreetDelay == 0 {
+		c.GreetDelay = time.Second
+	}
 	if c.BareLineEndings == "" {
 		c.BareLineEndings = BareReject
 	}
@@ -150,6 +164,9 @@ func (c Config) withDefaults() (Config, error) {
 	check(c.MaxLineLength >= 998, "max_line_length", "must be at least 998 (RFC 5322), got %d", c.MaxLineLength)
 	check(c.MaxHeaderSize >= 998, "max_header_size", "must be at least 998, got %d", c.MaxHeaderSize)
 	check(c.HandlerTimeout > 0, "handler_timeout", "must be positive, got %s", c.HandlerTimeout)
+	check(c.MaxConnections >= 0, "max_connections", "must not be negative, got %d", c.MaxConnections)
+	check(c.MaxConnectionsPerIP >= 0, "max_connections_per_ip", "must not be negative, got %d", c.MaxConnectionsPerIP)
+	check(c.GreetDelay >= 0 && c.GreetDelay <= time.Minute, "reject_early_talkers", "delay must be between 0 and 1m, got %s", c.GreetDelay)
 	check(c.GracePeriod > 0, "grace_period", "must be positive, got %s", c.GracePeriod)
 	check(c.BareLineEndings == BareReject || c.BareLineEndings == BareNormalize,
 		"bare_line_endings", "must be %q or %q, got %q", BareReject, BareNormalize, c.BareLineEndings)

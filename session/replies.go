@@ -2,23 +2,26 @@ package session
 
 // The engine's fixed replies. Defaults follow the seed and DESIGN.md.
 var (
-	replyMailOK        = NewReply(250, "2.1.0", "Sender OK")
-	replyRcptOK        = NewReply(250, "2.1.5", "Recipient OK")
-	replyOK            = NewReply(250, "2.0.0", "OK")
-	replyData          = NewReply(354, "", "End data with <CR><LF>.<CR><LF>")
-	replyVrfy          = NewReply(252, "2.5.0", "Cannot VRFY user; try RCPT to attempt delivery")
-	replyExpn          = NewReply(502, "5.5.1", "Sorry we don't allow this operation")
-	replyHelp          = NewReply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP VRFY EXPN HELP QUIT", "See RFC 5321")
-	replyUnknown       = NewReply(500, "5.5.2", "Command unrecognized")
-	replyNotImpl       = NewReply(502, "5.5.1", "Command not implemented")
-	replyLineTooLong   = NewReply(500, "5.5.2", "Line too long")
-	replyLineEndless   = &Reply{Code: 500, Enhanced: "5.5.2", Lines: []string{"Line too long; closing connection"}, Close: true}
-	replyBadLineEnding = NewReply(501, "5.5.2", "Syntax error: command line must end with CRLF")
-	replyBadChars      = NewReply(501, "5.5.2", "Syntax error: CR, LF or NUL in command")
-	replyTooManyErrors = &Reply{Code: 421, Enhanced: "4.7.0", Lines: []string{"Too many errors; closing connection"}, Close: true}
-	replyTimeout       = &Reply{Code: 421, Enhanced: "4.4.2", Lines: []string{"Timeout; closing connection"}, Close: true}
-	replyShuttingDown  = &Reply{Code: 421, Enhanced: "4.3.2", Lines: []string{"Service shutting down; closing connection"}, Close: true}
-	replyHandlerFailed = NewReply(451, "4.3.0", "Temporary local problem; try again later")
+	replyMailOK             = NewReply(250, "2.1.0", "Sender OK")
+	replyRcptOK             = NewReply(250, "2.1.5", "Recipient OK")
+	replyOK                 = NewReply(250, "2.0.0", "OK")
+	replyData               = NewReply(354, "", "End data with <CR><LF>.<CR><LF>")
+	replyVrfy               = NewReply(252, "2.5.0", "Cannot VRFY user; try RCPT to attempt delivery")
+	replyExpn               = NewReply(502, "5.5.1", "Sorry we don't allow this operation")
+	replyHelp               = NewReply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP VRFY EXPN HELP QUIT", "See RFC 5321")
+	replyUnknown            = NewReply(500, "5.5.2", "Command unrecognized")
+	replyNotImpl            = NewReply(502, "5.5.1", "Command not implemented")
+	replyLineTooLong        = NewReply(500, "5.5.2", "Line too long")
+	replyLineEndless        = &Reply{Code: 500, Enhanced: "5.5.2", Lines: []string{"Line too long; closing connection"}, Close: true}
+	replyBadLineEnding      = NewReply(501, "5.5.2", "Syntax error: command line must end with CRLF")
+	replyBadChars           = NewReply(501, "5.5.2", "Syntax error: CR, LF or NUL in command")
+	replyTooManyErrors      = &Reply{Code: 421, Enhanced: "4.7.0", Lines: []string{"Too many errors; closing connection"}, Close: true}
+	replyTimeout            = &Reply{Code: 421, Enhanced: "4.4.2", Lines: []string{"Timeout; closing connection"}, Close: true}
+	replyTooManyConnections = &Reply{Code: 421, Enhanced: "4.7.0", Lines: []string{"Too many connections; try again later"}, Close: true}
+	replyTooManyFromIP      = &Reply{Code: 421, Enhanced: "4.7.0", Lines: []string{"Too many connections from your address; try again later"}, Close: true}
+	replyEarlyTalker        = &Reply{Code: 554, Enhanced: "5.5.0", Lines: []string{"Protocol error: client talked before the greeting; closing connection"}, Close: true}
+	replyShuttingDown       = &Reply{Code: 421, Enhanced: "4.3.2", Lines: []string{"Service shutting down; closing connection"}, Close: true}
+	replyHandlerFailed      = NewReply(451, "4.3.0", "Temporary local problem; try again later")
 
 	replyNeedHelo       = NewReply(503, "5.5.1", "Send HELO/EHLO first")
 	replyNeedEhlo       = NewReply(503, "5.5.1", "Send EHLO first")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,7 +19,8 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[*Session]struct{}
-	done     chan struct{} // made by Shutdown, closed when the last session has ended
+	perIP    map[netip.Addr]int // sessions per client IP
+	done     chan struct{}      // made by Shutdown, closed when the last session has ended
 	draining atomic.Bool
 	graceEnd atomic.Int64 // unix nanoseconds: sessions are cut after this once draining
 }
@@ -47,6 +49,7 @@ func NewServer(cfg Config) (*Server, error) {
 		hooks:        newHookSet(c.Handlers),
 		ehloKeywords: ehloKeywords(&c),
 		sessions:     map[*Session]struct{}{},
+		perIP:        map[netip.Addr]int{},
 	}, nil
 }
 
@@ -59,8 +62,8 @@ func (srv *Server) Config() Config { return srv.cfg }
 // every hook gets.
 func (srv *Server) Serve(ctx context.Context, conn net.Conn, info ConnInfo) error {
 	s := newSession(srv, conn, info)
-	if !srv.track(s) {
-		s.reply(replyShuttingDown)
+	if r := srv.track(s); r != nil {
+		s.reply(r)
 		s.w.Flush()
 		return nil
 	}
@@ -68,20 +71,41 @@ func (srv *Server) Serve(ctx context.Context, conn net.Conn, info ConnInfo) erro
 	return s.run(ctx)
 }
 
-func (srv *Server) track(s *Session) bool {
+// track registers a new session, or returns the 421 it gets instead:
+// shutting down, or over MaxConnections or MaxConnectionsPerIP.
+func (srv *Server) track(s *Session) *Reply {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
-	if srv.draining.Load() {
-		return false
+	switch {
+	case srv.draining.Load():
+		return replyShuttingDown
+	case srv.cfg.MaxConnections > 0 && len(srv.sessions) >= srv.cfg.MaxConnections:
+		return replyTooManyConnections
+	}
+	s.ip = remoteIP(s.remote)
+	if srv.cfg.MaxConnectionsPerIP > 0 && srv.perIP[s.ip] >= srv.cfg.MaxConnectionsPerIP {
+		return replyTooManyFromIP
 	}
 	srv.sessions[s] = struct{}{}
-	return true
+	srv.perIP[s.ip]++
+	return nil
+}
+
+// remoteIP is the client's IP, or the zero Addr when it has none.
+func remoteIP(a net.Addr) netip.Addr {
+	if ap, err := netip.ParseAddrPort(addrString(a)); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
 }
 
 func (srv *Server) untrack(s *Session) {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	delete(srv.sessions, s)
+	if srv.perIP[s.ip]--; srv.perIP[s.ip] <= 0 {
+		delete(srv.perIP, s.ip)
+	}
 	if len(srv.sessions) == 0 && srv.done != nil {
 		close(srv.done) // no session is added once draining, so this runs once
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -26,6 +27,7 @@ type Session struct {
 
 	id       string
 	remote   net.Addr
+	ip       netip.Addr // the client IP counted for MaxConnectionsPerIP
 	local    net.Addr
 	tls      *tls.ConnectionState
 	ctx      context.Context
@@ -218,6 +220,10 @@ func (s *Session) run(parent context.Context) (err error) {
 		}
 	}()
 
+	if s.cfg.RejectEarlyTalkers && s.talkedEarly() {
+		s.reply(replyEarlyTalker)
+		return s.w.Flush()
+	}
 	greeting := ask(s, "connect", s.srv.hooks.connect, connectCall(s))
 	if greeting == nil {
 		greeting = s.defaultGreeting()
@@ -270,6 +276,16 @@ func (s *Session) run(parent context.Context) (err error) {
 			return s.w.Flush()
 		}
 	}
+}
+
+// talkedEarly waits GreetDelay for the client to send something before
+// the greeting, which an SMTP client must never do (RFC 5321 3.1): spam
+// software that does not wait is caught this way.
+func (s *Session) talkedEarly() bool {
+	s.raw.SetReadDeadline(time.Now().Add(s.cfg.GreetDelay))
+	_, err := s.r.Peek(1)
+	s.raw.SetReadDeadline(time.Time{})
+	return err == nil
 }
 
 // connectCall asks a ConnectHook about this session.

@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -506,4 +507,50 @@ func TestOverlongBdatCloses(t *testing.T) {
 		ts.expect(501, "5.5.4")
 		ts.expectClosed()
 	}
+}
+
+// TestMaxConnections: sessions over MaxConnections, and over
+// MaxConnectionsPerIP from one address, get 421 4.7.0 at connect.
+func TestMaxConnections(t *testing.T) {
+	srv, err := NewServer(Config{MaxConnections: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startOn(t, srv, ConnInfo{})
+	startOn(t, srv, ConnInfo{})
+	third := startRaw(t, srv, ConnInfo{})
+	third.expect(421, "4.7.0")
+	third.expectClosed()
+
+	srv, err = NewServer(Config{MaxConnectionsPerIP: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &net.TCPAddr{IP: net.ParseIP("192.0.2.1"), Port: 1000}
+	b := &net.TCPAddr{IP: net.ParseIP("192.0.2.2"), Port: 1000}
+	first := startOn(t, srv, ConnInfo{RemoteAddr: a})
+	again := startRaw(t, srv, ConnInfo{RemoteAddr: a})
+	again.expect(421, "4.7.0")
+	again.expectClosed()
+	startOn(t, srv, ConnInfo{RemoteAddr: b}) // another address is fine
+	first.cmd("QUIT", 221, "2.0.0")
+	first.expectClosed()
+	first.wait()
+	startOn(t, srv, ConnInfo{RemoteAddr: a}) // the slot is free again
+}
+
+// TestRejectEarlyTalkers: a client that sends before the greeting gets
+// 554 5.5.0 and is closed; one that waits is greeted.
+func TestRejectEarlyTalkers(t *testing.T) {
+	srv, err := NewServer(Config{RejectEarlyTalkers: true, GreetDelay: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	early := startRaw(t, srv, ConnInfo{})
+	early.sendRaw("EHLO spammer.test\r\n")
+	early.expect(554, "5.5.0")
+	early.expectClosed()
+
+	polite := startOn(t, srv, ConnInfo{})
+	polite.cmd("EHLO client.test", 250, "")
 }
