@@ -167,9 +167,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.XClientNetworks = append(h.XClientNetworks, args...)
 		default:
+			if _, err := caddy.GetModule("esmtp.handlers." + opt); err != nil {
+				return d.Errf("unknown esmtp option or sub-handler %q (no module esmtp.handlers.%s)", opt, opt)
+			}
 			unm, err := caddyfile.UnmarshalModule(d, "esmtp.handlers."+opt)
 			if err != nil {
-				return d.Errf("unknown esmtp option or sub-handler %q: %v", opt, err)
+				return err
 			}
 			raw, err := layer4.SetModuleNameInline("handler", opt, caddyconfig.JSON(unm, nil))
 			if err != nil {
