@@ -1,0 +1,359 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+)
+
+type serverInfo struct {
+	Name string `json:"name"`
+	What string `json:"what"`
+	Ours bool   `json:"ours"`
+	Peer bool   `json:"peer"`
+}
+
+// report is everything one harness run measured.
+type report struct {
+	Env        map[string]string `json:"env"`
+	Quick      bool              `json:"quick"`
+	Runs       int               `json:"runs"`
+	RunSeconds float64           `json:"run_seconds"`
+	Minutes    float64           `json:"minutes"`
+	Servers    []serverInfo      `json:"servers"`
+	Cells      []cell            `json:"cells"`
+	Results    []runResult       `json:"results"`
+	Overhead   []runResult       `json:"overhead"`
+	Idle       []idleResult      `json:"idle"`
+	Big        []bigResult       `json:"big"`
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// pick returns the runs of one server, cell and generator, by round.
+func (r *report) pick(server string, c cell, gen string) []runResult {
+	var out []runResult
+	for _, x := range r.Results {
+		if x.Server == server && x.Cell == c && x.Gen == gen {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+type stat struct {
+	n                   int
+	rate, p50, p99, cpu float64
+	errors              int64
+	notes               []string
+}
+
+func (r *report) stat(server string, c cell, gen string) stat {
+	runs := r.pick(server, c, gen)
+	var st stat
+	var rates, p50s, p99s, cpus []float64
+	for _, x := range runs {
+		rates = append(rates, x.Rate)
+		p50s = append(p50s, x.P50ms)
+		p99s = append(p99s, x.P99ms)
+		cpus = append(cpus, x.ServerCPU)
+		st.errors += x.Errors
+		if x.Note != "" {
+			st.notes = append(st.notes, x.Note)
+		}
+	}
+	st.n = len(runs)
+	st.rate, st.p50, st.p99, st.cpu = median(rates), median(p50s), median(p99s), median(cpus)
+	return st
+}
+
+// ratio is the median over rounds of ours/peer measured in the same round.
+func (r *report) ratio(ours, peer string, c cell, gen string) (float64, bool) {
+	a, b := r.pick(ours, c, gen), r.pick(peer, c, gen)
+	var rs []float64
+	for _, x := range a {
+		for _, y := range b {
+			if x.Rep == y.Rep && y.Rate > 0 {
+				rs = append(rs, x.Rate/y.Rate)
+			}
+		}
+	}
+	if len(rs) == 0 {
+		return 0, false
+	}
+	return median(rs), true
+}
+
+func (r *report) oursName() string {
+	for _, s := range r.Servers {
+		if s.Ours {
+			return s.Name
+		}
+	}
+	return ""
+}
+
+func (r *report) peers() []string {
+	var p []string
+	for _, s := range r.Servers {
+		if s.Peer {
+			p = append(p, s.Name)
+		}
+	}
+	return p
+}
+
+func (r *report) hasServer(name string) bool {
+	return slices.ContainsFunc(r.Servers, func(s serverInfo) bool { return s.Name == name })
+}
+
+func rate(x float64) string {
+	if x == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f", x)
+}
+
+func kib(k int64) string { return fmt.Sprintf("%.1f MiB", float64(k)/1024) }
+
+func (r *report) write(mdPath, jsonPath string) error {
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(jsonPath, append(js, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(mdPath, []byte(r.markdown()), 0o644)
+}
+
+func (r *report) markdown() string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	e := r.Env
+	cmd := "go run ./bench/matrix"
+	if r.Quick {
+		cmd += " -quick"
+	}
+	p("# Benchmark results\n\n")
+	p("Written by `%s` (%.1f min) on %s. What each column means: [README.md](README.md).\n\n", cmd, r.Minutes, e["date"])
+	p("- Machine: %s CPUs (%s), %s RAM, Linux %s; %s; Postfix %s, Node %s, Haraka %s.\n",
+		e["cpus"], e["cpu"], e["memory"], e["kernel"], e["go"], e["postfix"], e["node"], e["haraka"])
+	p("- Code: %s.\n", e["commit"])
+	p("- Every server runs on 127.0.0.1 at the same time (idle when not measured); each figure is the median of %d runs of %.1f s; within a round every server is measured once with each generator, in an order that rotates between rounds. Ratios are medians of per-round ratios.\n", r.Runs, r.RunSeconds)
+	p("- `load` = `bench/load` (Go, PIPELINING: MAIL+RCPT+DATA in one write); `smtp-source` = Postfix's generator (C, no pipelining, HELO, one command per round trip). Both share the 2 CPUs with the server.\n\n")
+
+	p("## Servers\n\n| server | what |\n|---|---|\n")
+	for _, s := range r.Servers {
+		p("| %s | %s |\n", s.Name, s.What)
+	}
+	p("\n")
+
+	ours := r.oursName()
+	if len(r.Cells) > 0 {
+		r.targets(&b, ours)
+		r.glance(&b, ours)
+		r.cellTables(&b, ours)
+	}
+	r.overheadTable(&b, ours)
+	if len(r.Idle) > 0 || len(r.Big) > 0 {
+		r.memoryTables(&b)
+	}
+	r.notes(&b)
+	return b.String()
+}
+
+// targets checks issue 5's throughput targets at 10 KiB x 20 sessions.
+func (r *report) targets(b *strings.Builder, ours string) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	type target struct {
+		peer string
+		min  float64
+	}
+	ts := []target{{"go-smtp", 1.25}, {"smtp-sink", 0.9}}
+	p("## Targets (issue 5): 10 KiB messages, 20 sessions\n\n")
+	p("| %s vs | wanted | per-connection, load | per-connection, smtp-source | reuse, load | reuse, smtp-source |\n|---|---|---|---|---|---|\n", ours)
+	for _, t := range ts {
+		if !r.hasServer(t.peer) {
+			continue
+		}
+		p("| %s | ≥ %.2fx |", t.peer, t.min)
+		for _, reuse := range []bool{false, true} {
+			for _, gen := range []string{genLoad, genSource} {
+				x, ok := r.ratio(ours, t.peer, cell{Size: 10 << 10, Conns: 20, Reuse: reuse}, gen)
+				switch {
+				case !ok:
+					p(" – |")
+				case x >= t.min:
+					p(" %.2fx ✅ |", x)
+				default:
+					p(" %.2fx ❌ |", x)
+				}
+			}
+		}
+		p("\n")
+	}
+	p("\n")
+}
+
+// glance is one line per cell: our rate and our ratio to every peer.
+func (r *report) glance(b *strings.Builder, ours string) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	peers := r.peers()
+	for _, gen := range []string{genLoad, genSource} {
+		p("## At a glance, generator %s: %s msgs/s and its ratio to each peer\n\n| cell | %s msgs/s |", gen, ours, ours)
+		for _, pe := range peers {
+			p(" vs %s |", pe)
+		}
+		p("\n|---|---|%s\n", strings.Repeat("---|", len(peers)))
+		for _, c := range r.Cells {
+			p("| %s | %s |", c, rate(r.stat(ours, c, gen).rate))
+			for _, pe := range peers {
+				if x, ok := r.ratio(ours, pe, c, gen); ok {
+					p(" %.2fx |", x)
+				} else {
+					p(" – |")
+				}
+			}
+			p("\n")
+		}
+		p("\n")
+	}
+}
+
+// cellTables shows every server in each (size, sessions) pair, both modes.
+func (r *report) cellTables(b *strings.Builder, ours string) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	p("## Every server, every cell\n\nmsgs/s (median); p50/p99 = latency of the end-of-message reply seen by `load`, in ms; CPU = the server process's CPU time per message (µs) during the `load` run.\n\n")
+	seen := map[[2]int64]bool{}
+	for _, c := range r.Cells {
+		k := [2]int64{c.Size, int64(c.Conns)}
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		pc, ru := cell{Size: c.Size, Conns: c.Conns}, cell{Size: c.Size, Conns: c.Conns, Reuse: true}
+		p("### %s messages, %d sessions\n\n", sizeName(c.Size), c.Conns)
+		p("| server | per-conn load | p50 / p99 | CPU | per-conn smtp-source | reuse load | p50 / p99 | CPU | reuse smtp-source |\n|---|---|---|---|---|---|---|---|---|\n")
+		for _, s := range r.Servers {
+			a, a2 := r.stat(s.Name, pc, genLoad), r.stat(s.Name, pc, genSource)
+			c1, c2 := r.stat(s.Name, ru, genLoad), r.stat(s.Name, ru, genSource)
+			name := s.Name
+			if s.Name == ours {
+				name = "**" + name + "**"
+			}
+			p("| %s | %s | %.2f / %.2f | %.0f | %s | %s | %.2f / %.2f | %.0f | %s |\n", name,
+				rate(a.rate), a.p50, a.p99, a.cpu, rate(a2.rate), rate(c1.rate), c1.p50, c1.p99, c1.cpu, rate(c2.rate))
+		}
+		p("\n")
+	}
+}
+
+// overheadTable puts the bare cost of a connection (echo servers) beside
+// the cost of a whole SMTP session with one message.
+func (r *report) overheadTable(b *strings.Builder, ours string) {
+	if len(r.Overhead) == 0 {
+		return
+	}
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	p("## What one connection costs, and whose cost it is\n\n")
+	p("Server CPU time per connection (µs, median of %d runs, 20 sessions). The echo rows do only connect, a 6-byte probe echoed, close (`load -echo`); the SMTP rows are one whole session with one 10 KiB message (greeting, EHLO, MAIL/RCPT/DATA, data, QUIT), from the per-connection `load` runs above.\n\n", r.Runs)
+	p("| server | what the connection does | connections/s | server CPU µs per connection |\n|---|---|---|---|\n")
+	var names []string
+	for _, x := range r.Overhead {
+		if !slices.Contains(names, x.Server) {
+			names = append(names, x.Server)
+		}
+	}
+	for _, n := range names {
+		var rates, cpus []float64
+		for _, x := range r.Overhead {
+			if x.Server == n {
+				rates, cpus = append(rates, x.Rate), append(cpus, x.ServerCPU)
+			}
+		}
+		p("| %s | echo | %s | %.0f |\n", n, rate(median(rates)), median(cpus))
+	}
+	c := cell{Size: 10 << 10, Conns: 20}
+	for _, n := range []string{ours, "caddy-discard-quiet", "smtp-sink", "go-smtp"} {
+		if st := r.stat(n, c, genLoad); st.n > 0 {
+			p("| %s | SMTP session, one 10 KiB message | %s | %.0f |\n", n, rate(st.rate), st.cpu)
+		}
+	}
+	p("\n")
+}
+
+func (r *report) memoryTables(b *strings.Builder) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	if len(r.Idle) > 0 {
+		p("## Memory per idle connection\n\nEach server started fresh; VmRSS from /proc/<pid>/status before and 3 s after opening the connections from the harness (each confirmed served: greeting read, or the echo probe returned). Per connection = difference / connections. Target (issue 5): ≤ 16 KiB.\n\n")
+		p("| server | connections | RSS before | RSS with them | per connection | after closing | confirmed by |\n|---|---|---|---|---|---|---|\n")
+		for _, x := range r.Idle {
+			if x.Error != "" {
+				p("| %s | %d | failed: %s | | | | |\n", x.Server, x.Conns, x.Error)
+				continue
+			}
+			p("| %s | %d | %s | %s | %.1f KiB | %s | %s |\n", x.Server, x.Conns, kib(x.BaseKiB), kib(x.LoadedKiB), x.PerConnB/1024, kib(x.AfterClose), x.Confirmed)
+		}
+		p("\n")
+	}
+	if len(r.Big) > 0 {
+		p("## Peak memory for one large message\n\nEach server started fresh per row and given one message over one connection; VmHWM (peak RSS of the process's life) read after the 250. Target (issue 5): the 1 GiB peak within 8 MiB of the 1 KiB peak.\n\n")
+		p("| server | message | VmHWM | VmRSS after | time | MB/s |\n|---|---|---|---|---|---|\n")
+		for _, x := range r.Big {
+			if x.Error != "" {
+				p("| %s | %s | failed: %s | | | |\n", x.Server, sizeName(x.Size), x.Error)
+				continue
+			}
+			if x.Size < 1<<20 {
+				p("| %s | %s | %s | %s | | |\n", x.Server, sizeName(x.Size), kib(x.HWMKiB), kib(x.RSSKiB))
+				continue
+			}
+			p("| %s | %s | %s | %s | %.2f s | %.0f |\n", x.Server, sizeName(x.Size), kib(x.HWMKiB), kib(x.RSSKiB), x.Seconds, x.MBPerSec)
+		}
+		p("\n")
+		byServer := map[string][]bigResult{}
+		var order []string
+		for _, x := range r.Big {
+			if _, ok := byServer[x.Server]; !ok {
+				order = append(order, x.Server)
+			}
+			byServer[x.Server] = append(byServer[x.Server], x)
+		}
+		p("| server | peak growth, largest vs 1 KiB message |\n|---|---|\n")
+		for _, s := range order {
+			xs := byServer[s]
+			if len(xs) == 2 && xs[0].Error == "" && xs[1].Error == "" {
+				p("| %s | %+.1f MiB |\n", s, float64(xs[1].HWMKiB-xs[0].HWMKiB)/1024)
+			}
+		}
+		p("\n")
+	}
+}
+
+// notes lists runs with errors or remarks.
+func (r *report) notes(b *strings.Builder) {
+	var lines []string
+	for _, x := range r.Results {
+		if x.Errors > 0 || x.Note != "" {
+			lines = append(lines, fmt.Sprintf("- %s, %s, %s, round %d: %d errors %s", x.Server, x.Cell, x.Gen, x.Rep+1, x.Errors, x.Note))
+		}
+	}
+	if len(lines) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "## Runs with errors or remarks\n\n%s\n", strings.Join(lines, "\n"))
+}
