@@ -7,8 +7,9 @@ import (
 	"testing"
 )
 
-// TestDiscard accepts a message with the discard sub-handler and finds the
-// log line that records it was dropped, with the queue id of the 250 reply.
+// TestDiscard accepts a message with the discard sub-handler and finds its
+// per-message log line, with the queue id of the 250 reply, saying it was
+// discarded.
 func TestDiscard(t *testing.T) {
 	logFile := filepath.Join(t.TempDir(), "esmtp.log")
 	addr, _ := startCaddyfile(t, `{
@@ -50,11 +51,11 @@ func TestDiscard(t *testing.T) {
 	}
 	var found bool
 	for _, l := range strings.Split(string(logs), "\n") {
-		if strings.Contains(l, `"msg":"message discarded"`) && strings.Contains(l, `"queue_id":"`+queueID+`"`) {
+		if strings.Contains(l, `"msg":"message"`) && strings.Contains(l, `"queue_id":"`+queueID+`"`) && strings.Contains(l, `"discarded":true`) {
 			found = true
 		}
 	}
 	if !found {
-		t.Fatalf("no 'message discarded' log line for queue id %s in:\n%s", queueID, logs)
+		t.Fatalf(`no "message" log line with "discarded":true for queue id %s in:\n%s`, queueID, logs)
 	}
 }

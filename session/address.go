@@ -290,7 +290,9 @@ func validAddressLiteral(d string) bool {
 // printable ASCII except "=" and SP (UTF-8 allowed, RFC 6531).
 func ParseParams(s string) (Params, error) {
 	var ps Params
-	for _, f := range strings.Split(s, " ") {
+	for s != "" {
+		var f string
+		f, s, _ = strings.Cut(s, " ")
 		if f == "" {
 			continue
 		}

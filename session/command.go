@@ -303,7 +303,7 @@ func (s *Session) cmdData(hasArg bool) *Reply {
 		r = replyData
 	}
 	s.writeReply(r, false)
-	if err := s.w.Flush(); err != nil {
+	if err := s.flush(); err != nil {
 		s.closing = true
 		return nil
 	}
@@ -494,13 +494,14 @@ func replyFromError(err error) *Reply {
 	return replyHandlerFailed
 }
 
-// streamContext is the context of header and body hooks: one per message
-// rather than one per call, renewed when less than half of HandlerTimeout
-// is left, so each call has at least half of it (invoke still fails a call
-// that returns after the whole HandlerTimeout).
-func (s *Session) streamContext() context.Context {
+// hookContext is the context hooks get: one per session rather than one
+// per call (a timer and five allocations each), renewed when less than
+// 15/16 of HandlerTimeout is left, so each call has at least that much
+// before its context is done. invoke fails a call that returns after its
+// context is done or after the whole HandlerTimeout.
+func (s *Session) hookContext() context.Context {
 	now := time.Now()
-	if s.streamCtx == nil || s.streamDeadline.Sub(now) < s.cfg.HandlerTimeout/2 {
+	if s.streamCtx == nil || s.streamDeadline.Sub(now) < s.cfg.HandlerTimeout-s.cfg.HandlerTimeout/16 {
 		if s.streamCancel != nil {
 			s.streamCancel()
 		}
@@ -512,7 +513,7 @@ func (s *Session) streamContext() context.Context {
 
 func (s *Session) emitHeader(a *assembler, h HeaderField) {
 	for _, hk := range s.srv.hooks.header {
-		if r := invoke(s, "header", hk, s.streamContext(), func(ctx context.Context, h2 HeaderHook) (*Reply, error) {
+		if r := invoke(s, "header", hk, s.hookContext(), func(ctx context.Context, h2 HeaderHook) (*Reply, error) {
 			return nil, h2.Header(ctx, s, h)
 		}); r != nil {
 			a.fail(r)
@@ -523,7 +524,7 @@ func (s *Session) emitHeader(a *assembler, h HeaderField) {
 
 func (s *Session) emitEndOfHeaders(a *assembler, raw []byte) {
 	for _, hk := range s.srv.hooks.endOfHeaders {
-		if r := invoke(s, "end of headers", hk, s.streamContext(), func(ctx context.Context, h EndOfHeadersHook) (*Reply, error) {
+		if r := invoke(s, "end of headers", hk, s.hookContext(), func(ctx context.Context, h EndOfHeadersHook) (*Reply, error) {
 			return nil, h.EndOfHeaders(ctx, s, raw)
 		}); r != nil {
 			a.fail(r)
@@ -534,7 +535,7 @@ func (s *Session) emitEndOfHeaders(a *assembler, raw []byte) {
 
 func (s *Session) emitBody(a *assembler, chunk []byte) {
 	for _, hk := range s.srv.hooks.body {
-		if r := invoke(s, "body", hk, s.streamContext(), func(ctx context.Context, h BodyHook) (*Reply, error) {
+		if r := invoke(s, "body", hk, s.hookContext(), func(ctx context.Context, h BodyHook) (*Reply, error) {
 			return nil, h.Body(ctx, s, chunk)
 		}); r != nil {
 			a.fail(r)
@@ -553,14 +554,12 @@ func ask[H any](s *Session, event string, hooks []hooked[H], call func(context.C
 	return nil
 }
 
-// invoke calls one hook with ctx (nil: a fresh HandlerTimeout deadline), failing closed: an error, a panic, an invalid
+// invoke calls one hook with ctx (nil: hookContext), failing closed: an error, a panic, an invalid
 // reply or a call that ran past HandlerTimeout gives 451 4.3.0. A *Reply
 // returned as the error is used as the reply.
 func invoke[H any](s *Session, event string, hk hooked[H], ctx context.Context, call func(context.Context, H) (*Reply, error)) (r *Reply) {
 	if ctx == nil {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(s.ctx, s.cfg.HandlerTimeout)
-		defer cancel()
+		ctx = s.hookContext()
 	}
 	start := time.Now()
 	defer func() {
@@ -571,7 +570,7 @@ func invoke[H any](s *Session, event string, hk hooked[H], ctx context.Context, 
 		}
 	}()
 	r, err := call(ctx, hk.h)
-	if err == nil && time.Since(start) > s.cfg.HandlerTimeout {
+	if err == nil && (ctx.Err() != nil || time.Since(start) > s.cfg.HandlerTimeout) {
 		err = context.DeadlineExceeded
 	}
 	if err != nil {
@@ -600,7 +599,7 @@ func (s *Session) logMessage(txn *Transaction, r *Reply) {
 	for i, rc := range txn.Recipients {
 		rcpts[i] = logSafe(rc.Path.Mailbox)
 	}
-	s.log.Info("message",
+	fields := append([]zap.Field{
 		zap.String("queue_id", txn.ID),
 		zap.String("session", s.id),
 		zap.String("remote", addrString(s.remote)),
@@ -612,7 +611,9 @@ func (s *Session) logMessage(txn *Transaction, r *Reply) {
 		zap.Bool("tls", s.tls != nil),
 		zap.String("auth", logSafe(s.AuthUser())),
 		zap.Int("code", r.Code),
-		zap.String("reply", r.Error()))
+		zap.String("reply", r.Error()),
+	}, txn.logFields...)
+	s.log.Info("message", fields...)
 }
 
 // logSafe keeps UTF-8 (addresses may be internationalised) but replaces

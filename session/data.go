@@ -1,5 +1,7 @@
 package session
 
+import "bytes"
+
 // Message data decoding: DATA (dot-stuffed, ended by CRLF.CRLF) and BDAT
 // (exact byte counts). The decoder is a byte-level state machine that never
 // treats anything but CRLF as a line end and nothing but <CRLF>.<CRLF> as
@@ -82,13 +84,19 @@ func (d *decoder) decode(in []byte, out dataSink) (n int, end bool) {
 	for i < len(in) {
 		switch d.state {
 		case stText:
-			j := i
-			for j < len(in) {
-				if c := in[j]; c == '\r' || c == '\n' || c == 0 {
-					break
-				}
-				j++
+			// The run of plain bytes up to the next CR, LF or NUL, found
+			// with vectorised scans (LF and NUL are rare, CR ends lines).
+			seg := in[i:]
+			if k := bytes.IndexByte(seg, '\r'); k >= 0 {
+				seg = seg[:k]
 			}
+			if k := bytes.IndexByte(seg, '\n'); k >= 0 {
+				seg = seg[:k]
+			}
+			if k := bytes.IndexByte(seg, 0); k >= 0 {
+				seg = seg[:k]
+			}
+			j := i + len(seg)
 			if j > i {
 				d.lineLen += j - i
 				if d.lineLen > d.maxLine {

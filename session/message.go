@@ -26,8 +26,19 @@ func (a *assembler) reset(s *Session, ctx context.Context) {
 	a.s, a.ctx = s, ctx
 	a.stream = s.srv.hooks.streams()
 	a.inHeader = true
-	a.line, a.field, a.chunk = a.line[:0], a.field[:0], a.chunk[:0]
+	a.line, a.field = reuse(a.line), reuse(a.field)
+	a.releaseChunk()
 	a.size, a.tooBig, a.failure = 0, false, nil
+}
+
+// reuse empties a header buffer for the next message, dropping it when an
+// earlier message made it large (up to MaxHeaderSize), so that a session
+// does not hold that memory for the rest of its life.
+func reuse(b []byte) []byte {
+	if cap(b) > 64<<10 {
+		return nil
+	}
+	return b[:0]
 }
 
 func (a *assembler) failed() bool { return a.tooBig || a.failure != nil }
@@ -144,6 +155,9 @@ func (a *assembler) bodyBytes(p []byte) {
 			p = p[max:]
 			continue
 		}
+		if a.chunk == nil {
+			a.chunk = a.s.srv.getChunk()
+		}
 		n := min(max-len(a.chunk), len(p))
 		a.chunk = append(a.chunk, p[:n]...)
 		p = p[n:]
@@ -172,7 +186,16 @@ func (a *assembler) finish() {
 	}
 	if len(a.chunk) > 0 && !a.failed() {
 		a.s.emitBody(a, a.chunk)
-		a.chunk = a.chunk[:0]
+	}
+	a.releaseChunk()
+}
+
+// releaseChunk gives the body chunk buffer back to the server's pool, so an
+// idle session holds none.
+func (a *assembler) releaseChunk() {
+	if a.chunk != nil {
+		a.s.srv.putChunk(a.chunk)
+		a.chunk = nil
 	}
 }
 

@@ -20,6 +20,7 @@ type Server struct {
 	mu       sync.Mutex
 	sessions map[*Session]struct{}
 	perIP    map[netip.Addr]int // sessions per client IP
+	chunks   sync.Pool          // body chunk buffers of cap ChunkSize
 	done     chan struct{}      // made by Shutdown, closed when the last session has ended
 	draining atomic.Bool
 	graceEnd atomic.Int64 // unix nanoseconds: sessions are cut after this once draining
@@ -62,9 +63,10 @@ func (srv *Server) Config() Config { return srv.cfg }
 // every hook gets.
 func (srv *Server) Serve(ctx context.Context, conn net.Conn, info ConnInfo) error {
 	s := newSession(srv, conn, info)
+	defer s.release()
 	if r := srv.track(s); r != nil {
 		s.reply(r)
-		s.w.Flush()
+		s.flush()
 		return nil
 	}
 	defer srv.untrack(s)
@@ -93,6 +95,10 @@ func (srv *Server) track(s *Session) *Reply {
 
 // remoteIP is the client's IP, or the zero Addr when it has none.
 func remoteIP(a net.Addr) netip.Addr {
+	if t, ok := a.(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(t.IP)
+		return ip.Unmap()
+	}
 	if ap, err := netip.ParseAddrPort(addrString(a)); err == nil {
 		return ap.Addr().Unmap()
 	}
@@ -130,6 +136,18 @@ func (srv *Server) Shutdown() <-chan struct{} {
 		}
 	}
 	return srv.done
+}
+
+func (srv *Server) getChunk() []byte {
+	if b, ok := srv.chunks.Get().(*[]byte); ok {
+		return (*b)[:0]
+	}
+	return make([]byte, 0, srv.cfg.ChunkSize)
+}
+
+func (srv *Server) putChunk(b []byte) {
+	b = b[:0]
+	srv.chunks.Put(&b)
 }
 
 // Sessions returns the number of sessions running now.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -48,7 +49,7 @@ type Session struct {
 	dec          decoder
 	asm          assembler
 
-	streamCtx      context.Context // see streamContext
+	streamCtx      context.Context // see hookContext
 	streamCancel   context.CancelFunc
 	streamDeadline time.Time
 
@@ -79,9 +80,10 @@ type Transaction struct {
 	// Start is when MAIL was accepted.
 	Start time.Time
 
-	added    []HeaderField
-	values   map[any]any
-	chunking bool // a BDAT started the data
+	added     []HeaderField
+	logFields []zap.Field
+	values    map[any]any
+	chunking  bool // a BDAT started the data
 }
 
 // Recipient is an accepted RCPT TO.
@@ -99,6 +101,11 @@ func (t *Transaction) AddHeader(name, value string) {
 	name, value = Sanitize(name, 0), Sanitize(value, 0)
 	t.added = append(t.added, HeaderField{Name: name, Value: value, Raw: []byte(name + ": " + value + "\r\n")})
 }
+
+// AddLogField adds a field to the transaction's one per-message log line,
+// so that line tells the message's whole story (where it was delivered,
+// why it was refused) without a log line of the sub-handler's own.
+func (t *Transaction) AddLogField(f zap.Field) { t.logFields = append(t.logFields, f) }
 
 // Value returns the per-transaction value stored under key.
 func (t *Transaction) Value(key any) any { return t.values[key] }
@@ -155,7 +162,7 @@ func newSession(srv *Server, conn net.Conn, info ConnInfo) *Session {
 		cfg:    &srv.cfg,
 		raw:    conn,
 		conn:   conn,
-		r:      bufio.NewReaderSize(conn, 4096),
+		r:      getReader(conn),
 		id:     newID(time.Now()),
 		remote: info.RemoteAddr,
 		local:  info.LocalAddr,
@@ -168,10 +175,46 @@ func newSession(srv *Server, conn net.Conn, info ConnInfo) *Session {
 	if s.local == nil {
 		s.local = conn.LocalAddr()
 	}
-	s.w = bufio.NewWriterSize(deadlineWriter{s}, 4096)
 	s.log = srv.cfg.Logger
 	s.debug = s.log.Core().Enabled(zap.DebugLevel)
 	return s
+}
+
+// Read and write buffers are pooled: a session holds its reader for its
+// life, and its writer only between a command and the flush of its replies,
+// so an idle session costs one 4 KiB buffer.
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
+)
+
+func getReader(conn net.Conn) *bufio.Reader {
+	r := readerPool.Get().(*bufio.Reader)
+	r.Reset(conn)
+	return r
+}
+
+// release returns the session's buffers to their pools at its end.
+func (s *Session) release() {
+	s.flush()
+	if s.asm.s != nil {
+		s.asm.releaseChunk()
+	}
+	s.r.Reset(nil)
+	readerPool.Put(s.r)
+	s.r = nil
+}
+
+// flush sends the queued replies and gives the writer back to its pool.
+func (s *Session) flush() error {
+	if s.w == nil {
+		return nil
+	}
+	err := s.w.Flush()
+	s.w.Reset(nil)
+	writerPool.Put(s.w)
+	s.w = nil
+	return err
 }
 
 // deadlineWriter gives each write to the client a fresh CommandTimeout
@@ -207,7 +250,7 @@ func (s *Session) run(parent context.Context) (err error) {
 		for _, h := range s.srv.hooks.close {
 			s.callClose(h)
 		}
-		s.w.Flush()
+		s.flush()
 		if s.log.Core().Enabled(zap.InfoLevel) {
 			s.log.Info("session closed",
 				zap.String("session", s.id),
@@ -222,7 +265,7 @@ func (s *Session) run(parent context.Context) (err error) {
 
 	if s.cfg.RejectEarlyTalkers && s.talkedEarly() {
 		s.reply(replyEarlyTalker)
-		return s.w.Flush()
+		return s.flush()
 	}
 	greeting := ask(s, "connect", s.srv.hooks.connect, connectCall(s))
 	if greeting == nil {
@@ -230,13 +273,13 @@ func (s *Session) run(parent context.Context) (err error) {
 	}
 	s.writeReply(greeting, false)
 	if greeting.Code >= 400 || greeting.Close {
-		return s.w.Flush()
+		return s.flush()
 	}
 
 	for {
 		if s.draining.Load() && s.txn == nil {
 			s.reply(replyShuttingDown)
-			return s.w.Flush()
+			return s.flush()
 		}
 		line, status, err := s.readCommand()
 		if err != nil {
@@ -247,7 +290,7 @@ func (s *Session) run(parent context.Context) (err error) {
 		case lineEndless:
 			s.errors++
 			s.reply(replyLineEndless)
-			return s.w.Flush()
+			return s.flush()
 		case lineTooLong:
 			r = replyLineTooLong
 			if isBdat(line) {
@@ -260,7 +303,7 @@ func (s *Session) run(parent context.Context) (err error) {
 		}
 		if r == nil { // the command sent its own reply (DATA, BDAT)
 			if s.closing {
-				return s.w.Flush()
+				return s.flush()
 			}
 			continue
 		}
@@ -268,12 +311,12 @@ func (s *Session) run(parent context.Context) (err error) {
 			s.errors++
 			if s.errors > s.cfg.MaxErrors {
 				s.reply(replyTooManyErrors)
-				return s.w.Flush()
+				return s.flush()
 			}
 		}
 		s.reply(r)
 		if r.Close || s.closing {
-			return s.w.Flush()
+			return s.flush()
 		}
 	}
 }
@@ -312,7 +355,7 @@ func (s *Session) readFailed(err error) error {
 		} else {
 			s.reply(replyTimeout)
 		}
-		s.w.Flush()
+		s.flush()
 		return nil
 	case clientGone(err):
 		return nil
@@ -347,7 +390,7 @@ const (
 func (s *Session) readCommand() ([]byte, lineStatus, error) {
 	s.setDeadline(s.cfg.CommandTimeout)
 	if s.r.Buffered() == 0 {
-		if err := s.w.Flush(); err != nil {
+		if err := s.flush(); err != nil {
 			return nil, 0, err
 		}
 	}
@@ -453,6 +496,10 @@ func (s *Session) lineDone(line []byte) ([]byte, lineStatus, error) {
 func (s *Session) reply(r *Reply) { s.writeReply(r, true) }
 
 func (s *Session) writeReply(r *Reply, enhanced bool) {
+	if s.w == nil {
+		s.w = writerPool.Get().(*bufio.Writer)
+		s.w.Reset(deadlineWriter{s})
+	}
 	s.out = appendReply(s.out[:0], r, enhanced)
 	if s.debug {
 		s.log.Debug("S: " + string(s.out[:len(s.out)-2]))

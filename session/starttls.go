@@ -44,7 +44,7 @@ func (s *Session) cmdStartTLS(hasArg bool) *Reply {
 		return replySmuggledTLS
 	}
 	s.reply(replyStartTLS)
-	if err := s.w.Flush(); err != nil {
+	if err := s.flush(); err != nil {
 		s.closing = true
 		return nil
 	}

@@ -1,7 +1,7 @@
 // Package discard is the sub-handler esmtp.handlers.discard: it accepts
 // every message and drops it, for sinks and benchmarks. Each dropped
-// message is logged at info level with its queue id, so it is never a
-// silent loss.
+// message's log line says "discarded": true next to its queue id, so it is
+// never a silent loss.
 package discard
 
 import (
@@ -19,9 +19,7 @@ func init() {
 }
 
 // Discard accepts and drops messages. It has no options.
-type Discard struct {
-	logger *zap.Logger
-}
+type Discard struct{}
 
 // CaddyModule returns the Caddy module information.
 func (*Discard) CaddyModule() caddy.ModuleInfo {
@@ -31,19 +29,11 @@ func (*Discard) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets up the logger.
-func (d *Discard) Provision(ctx caddy.Context) error {
-	d.logger = ctx.Logger(d)
-	return nil
-}
-
-// EndOfMessage logs that the message is dropped and has no opinion, so the
-// default 250 is sent (after any later sub-handler agrees).
+// EndOfMessage marks the message as discarded in its per-message log line
+// ("discarded": true) and has no opinion, so the default 250 is sent (after
+// any later sub-handler agrees).
 func (d *Discard) EndOfMessage(_ context.Context, s *session.Session) (*session.Reply, error) {
-	if ce := d.logger.Check(zap.InfoLevel, "message discarded"); ce != nil {
-		txn := s.Transaction()
-		ce.Write(zap.String("queue_id", txn.ID), zap.Int64("size", txn.Size))
-	}
+	s.Transaction().AddLogField(zap.Bool("discarded", true))
 	return nil, nil
 }
 
@@ -60,7 +50,6 @@ func (d *Discard) UnmarshalCaddyfile(disp *caddyfile.Dispenser) error {
 
 // Interface guards
 var (
-	_ caddy.Provisioner     = (*Discard)(nil)
 	_ caddyfile.Unmarshaler = (*Discard)(nil)
 	_ session.MessageHook   = (*Discard)(nil)
 )
