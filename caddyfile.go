@@ -1,7 +1,9 @@
 package esmtp
 
 import (
+	"encoding/json"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -9,6 +11,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/dustin/go-humanize"
 	"github.com/mholt/caddy-l4/layer4"
+
+	"github.com/caddy-esmtp/caddy-esmtp/handlers/match"
 )
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -33,13 +37,17 @@ import (
 //		max_connections    <n>
 //		max_connections_per_ip <n>
 //		reject_early_talkers [<greet_delay>]
-//		<sub-handler> [<args...>] [{ ... }]   # e.g. maildir ./mail
+//		@<name> { rcpt|sender|remote_ip|authenticated|tls ... }
+//		<sub-handler> [@<name>] [<args...>] [{ ... }]   # e.g. maildir @local ./mail
 //	}
 //
 // Any directive that is not an option above is a sub-handler: `maildir`
-// becomes the module esmtp.handlers.maildir, in the order written.
+// becomes the module esmtp.handlers.maildir, in the order written. A named
+// matcher after the sub-handler's name wraps it in esmtp.handlers.match.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume the handler name
+	matchers := map[string]*match.Match{}
+	var entries []pendingEntry
 	if d.NextArg() {
 		return d.ArgErr()
 	}
@@ -167,19 +175,128 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.XClientNetworks = append(h.XClientNetworks, args...)
 		default:
+			if strings.HasPrefix(opt, "@") {
+				m, err := parseMatcher(d)
+				if err != nil {
+					return err
+				}
+				if _, dup := matchers[opt]; dup {
+					return d.Errf("matcher %s is defined twice", opt)
+				}
+				matchers[opt] = m
+				continue
+			}
 			if _, err := caddy.GetModule("esmtp.handlers." + opt); err != nil {
 				return d.Errf("unknown esmtp option or sub-handler %q (no module esmtp.handlers.%s)", opt, opt)
 			}
-			unm, err := caddyfile.UnmarshalModule(d, "esmtp.handlers."+opt)
+			// "<sub-handler> @name ...": the matcher token is taken out
+			// before the sub-handler reads its own tokens.
+			seg := d.NextSegment()
+			entry := pendingEntry{line: seg[0].Line}
+			if len(seg) > 1 && strings.HasPrefix(seg[1].Text, "@") {
+				entry.matcher = seg[1].Text
+				seg = append(seg[:1:1], seg[2:]...)
+			}
+			sub := caddyfile.NewDispenser(seg)
+			sub.Next()
+			unm, err := caddyfile.UnmarshalModule(sub, "esmtp.handlers."+opt)
 			if err != nil {
 				return err
 			}
-			raw, err := layer4.SetModuleNameInline("handler", opt, caddyconfig.JSON(unm, nil))
-			if err != nil {
+			if entry.raw, err = layer4.SetModuleNameInline("handler", opt, caddyconfig.JSON(unm, nil)); err != nil {
 				return err
 			}
-			h.HandlersRaw = append(h.HandlersRaw, raw)
+			entries = append(entries, entry)
 		}
+	}
+	for _, e := range entries {
+		raw := e.raw
+		if e.matcher != "" {
+			m, ok := matchers[e.matcher]
+			if !ok {
+				return d.Errf("line %d: matcher %s is not defined in this esmtp block", e.line, e.matcher)
+			}
+			wrapped := *m
+			wrapped.HandlersRaw = []json.RawMessage{raw}
+			var err error
+			if raw, err = layer4.SetModuleNameInline("handler", "match", caddyconfig.JSON(&wrapped, nil)); err != nil {
+				return err
+			}
+		}
+		h.HandlersRaw = append(h.HandlersRaw, raw)
+	}
+	return nil
+}
+
+// pendingEntry is a sub-handler read from the Caddyfile, wrapped in its
+// named matcher once all matchers are known (they may come after it).
+type pendingEntry struct {
+	raw     json.RawMessage
+	matcher string
+	line    int
+}
+
+// parseMatcher reads a named matcher, on one line or as a block:
+//
+//	@name rcpt *@example.com
+//	@name {
+//		rcpt          <patterns...>
+//		sender        <patterns...>   # <> for the null sender
+//		remote_ip     <ranges...>
+//		authenticated [true|false]
+//		tls           [true|false]
+//	}
+func parseMatcher(d *caddyfile.Dispenser) (*match.Match, error) {
+	name := d.Val()
+	m := new(match.Match)
+	if d.NextArg() {
+		if err := addCondition(d, m, d.Val(), d.RemainingArgs()); err != nil {
+			return nil, err
+		}
+	}
+	for n := d.Nesting(); d.NextBlock(n); {
+		if err := addCondition(d, m, d.Val(), d.RemainingArgs()); err != nil {
+			return nil, err
+		}
+	}
+	if len(m.Recipients)+len(m.Senders)+len(m.RemoteIP) == 0 && m.Authenticated == nil && m.TLS == nil {
+		return nil, d.Errf("matcher %s has no conditions (known: rcpt, sender, remote_ip, authenticated, tls)", name)
+	}
+	return m, nil
+}
+
+func addCondition(d *caddyfile.Dispenser, m *match.Match, kind string, args []string) error {
+	switch kind {
+	case "rcpt", "sender", "remote_ip":
+		if len(args) == 0 {
+			return d.Errf("matcher %s: %s needs at least one value", kind, kind)
+		}
+		switch kind {
+		case "rcpt":
+			m.Recipients = append(m.Recipients, args...)
+		case "sender":
+			m.Senders = append(m.Senders, args...)
+		default:
+			if _, err := parsePrefixes(args); err != nil {
+				return d.Errf("matcher remote_ip: %v", err)
+			}
+			m.RemoteIP = append(m.RemoteIP, args...)
+		}
+	case "authenticated", "tls":
+		v := true
+		switch {
+		case len(args) == 1 && (args[0] == "true" || args[0] == "false"):
+			v = args[0] == "true"
+		case len(args) > 0:
+			return d.Errf("matcher %s: takes true, false or nothing, got %q", kind, args)
+		}
+		if kind == "tls" {
+			m.TLS = &v
+		} else {
+			m.Authenticated = &v
+		}
+	default:
+		return d.Errf("unknown matcher condition %q (known: rcpt, sender, remote_ip, authenticated, tls)", kind)
 	}
 	return nil
 }

@@ -28,6 +28,7 @@ import (
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/auth"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/discard"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/maildir"
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/match"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/recipients"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/reply"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/senders"

@@ -5,6 +5,27 @@
 // fsynced at end of data, then linked into new/ of every target Maildir and
 // the new/ directories fsynced. A failure answers 451 4.3.0 and leaves no
 // file in new/.
+//
+// File names are "<unix time>.<queue id>P<pid>Q<n>.<hostname>", unique per
+// delivery and the same in tmp/ and in every new/.
+//
+// A crash (kill -9, power loss) during a delivery leaves its file in tmp/:
+// never in new/, since a file is linked there only once complete and
+// fsynced, and the client, which got no 250, sends the message again. Such
+// leftovers are removed when a Maildir is next used: at Provision for a
+// fixed path, at the first delivery into it by this process for a path with
+// placeholders. Removed are the files in tmp/ that
+//
+//   - are older than 36 hours, whoever wrote them (the rule of the Maildir
+//     specification), or
+//   - carry our naming pattern and this machine's hostname, and were written
+//     by a process that is no longer running: the pid in the name is not a
+//     live process, or it is ours but the file predates our start (a
+//     crashed earlier process that had the same pid).
+//
+// Files of live processes are kept: after a reload the sessions of the old
+// configuration may still be delivering into the same Maildir in this
+// process, and another Caddy on the same machine may share it.
 package maildir
 
 import (
@@ -16,7 +37,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -43,6 +67,7 @@ type Maildir struct {
 
 	perRecipient bool
 	hostname     string
+	leftover     *regexp.Regexp
 	logger       *zap.Logger
 }
 
@@ -70,12 +95,88 @@ func (m *Maildir) Provision(ctx caddy.Context) error {
 	if m.hostname == "" {
 		m.hostname = "localhost"
 	}
+	m.leftover = leftoverPattern(m.hostname)
 	if !m.perRecipient {
 		if err := makeMaildir(m.Path); err != nil {
 			return fmt.Errorf("maildir: path %q: %v", m.Path, err)
 		}
+		m.cleanTmp(m.Path)
 	}
 	return nil
+}
+
+// maxTmpAge is the Maildir specification's age after which a file in tmp/
+// is garbage, whoever wrote it.
+const maxTmpAge = 36 * time.Hour
+
+// processStart is when this process started (near enough: when this
+// package was initialised), to tell our own files from those of a crashed
+// process that had the same pid.
+var processStart = time.Now()
+
+// cleaned holds the placeholder Maildirs this process has cleaned.
+var cleaned sync.Map
+
+// leftoverPattern matches our file names written on host, capturing the
+// time and the pid.
+func leftoverPattern(host string) *regexp.Regexp {
+	return regexp.MustCompile(`^([0-9]+)\.[0-9A-V]{16}P([0-9]+)Q[0-9]+\.` + regexp.QuoteMeta(host) + `$`)
+}
+
+// cleanTmp removes the leftovers of crashed deliveries from dir/tmp (see
+// the package documentation). Errors are logged, never fatal: a leftover
+// costs only disk space.
+func (m *Maildir) cleanTmp(dir string) {
+	tmp := filepath.Join(dir, "tmp")
+	entries, err := os.ReadDir(tmp)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			m.logger.Warn("reading tmp/ for leftovers", zap.String("dir", tmp), zap.Error(err))
+		}
+		return
+	}
+	removed := 0
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			continue
+		}
+		if !m.isLeftover(e.Name(), info.ModTime()) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(tmp, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			m.logger.Warn("removing a leftover from tmp/", zap.String("file", filepath.Join(tmp, e.Name())), zap.Error(err))
+			continue
+		}
+		removed++
+	}
+	if removed > 0 {
+		m.logger.Info("removed leftovers of interrupted deliveries", zap.String("dir", tmp), zap.Int("files", removed))
+	}
+}
+
+// isLeftover reports whether a file in tmp/ named name and last modified at
+// mtime belongs to no delivery that can still be running.
+func (m *Maildir) isLeftover(name string, mtime time.Time) bool {
+	if time.Since(mtime) > maxTmpAge {
+		return true
+	}
+	match := m.leftover.FindStringSubmatch(name)
+	if match == nil {
+		return false
+	}
+	pid, err := strconv.Atoi(match[2])
+	if err != nil {
+		return false
+	}
+	if pid == os.Getpid() {
+		written, err := strconv.ParseInt(match[1], 10, 64)
+		return err == nil && written < processStart.Unix()
+	}
+	return !processAlive(pid)
 }
 
 // makeMaildir creates dir/tmp, dir/new and dir/cur.
@@ -119,12 +220,14 @@ type delivery struct {
 	err  error
 }
 
-type deliveryKey struct{}
+// deliveryKey keys a delivery by its Maildir instance, so two maildir
+// sub-handlers in one list (say, behind two matchers) never share one.
+type deliveryKey struct{ m *Maildir }
 
 var seq atomic.Uint64
 
 func (m *Maildir) delivery(s *session.Session) *delivery {
-	d, _ := s.Transaction().Value(deliveryKey{}).(*delivery)
+	d, _ := s.Transaction().Value(deliveryKey{m}).(*delivery)
 	return d
 }
 
@@ -134,7 +237,7 @@ func (m *Maildir) Header(_ context.Context, s *session.Session, h session.Header
 	d := m.delivery(s)
 	if d == nil {
 		d = m.start(s)
-		s.Transaction().SetValue(deliveryKey{}, d)
+		s.Transaction().SetValue(deliveryKey{m}, d)
 	}
 	d.write(h.Raw)
 	return nil
@@ -164,7 +267,7 @@ func (m *Maildir) EndOfMessage(_ context.Context, s *session.Session) (*session.
 	if d == nil {
 		return nil, errors.New("maildir: no message data was streamed")
 	}
-	txn.SetValue(deliveryKey{}, nil)
+	txn.SetValue(deliveryKey{m}, nil)
 	if err := m.commit(d); err != nil {
 		m.logger.Error("delivery failed", zap.String("queue_id", txn.ID), zap.Strings("maildirs", d.dirs), zap.Error(err))
 		return session.NewReply(451, "4.3.0", "Local delivery failed; try again later"), nil
@@ -179,7 +282,7 @@ func (m *Maildir) Abort(s *session.Session, _ error) {
 	if txn := s.Transaction(); txn != nil {
 		if d := m.delivery(s); d != nil {
 			d.discard()
-			txn.SetValue(deliveryKey{}, nil)
+			txn.SetValue(deliveryKey{m}, nil)
 		}
 	}
 }
@@ -226,10 +329,17 @@ func pathSafe(v string) string {
 func (m *Maildir) start(s *session.Session) *delivery {
 	txn := s.Transaction()
 	d := &delivery{dirs: m.targets(txn)}
-	d.name = fmt.Sprintf("%d.%sQ%d.%s", time.Now().Unix(), txn.ID, seq.Add(1), m.hostname)
+	d.name = fmt.Sprintf("%d.%sP%dQ%d.%s", time.Now().Unix(), txn.ID, os.Getpid(), seq.Add(1), m.hostname)
 	if err := makeMaildir(d.dirs[0]); err != nil {
 		d.err = err
 		return d
+	}
+	if m.perRecipient {
+		for _, dir := range d.dirs {
+			if _, done := cleaned.LoadOrStore(dir, true); !done {
+				m.cleanTmp(dir)
+			}
+		}
 	}
 	d.tmp = filepath.Join(d.dirs[0], "tmp", d.name)
 	f, err := os.OpenFile(d.tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)

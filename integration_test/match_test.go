@@ -1,0 +1,67 @@
+package integration_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TestNamedMatchersSplitRecipients sends one message for two domains; named
+// matchers route each domain's recipients to its own Maildir, and each
+// delivery sees only its own recipients (only the
+// matching recipient's Maildir is made under each base).
+func TestNamedMatchersSplitRecipients(t *testing.T) {
+	base := t.TempDir()
+	one, two := filepath.Join(base, "one"), filepath.Join(base, "two")
+	addr, _ := startCaddyfile(t, `{
+	admin off
+	persist_config off
+	layer4 {
+		127.0.0.1:%PORT% {
+			route {
+				esmtp {
+					hostname mx.example.test
+					recipients one.test two.test
+					@one rcpt one.test
+					@two {
+						rcpt *@two.test
+						tls false
+					}
+					maildir @one `+one+`/{esmtp.rcpt.local}
+					maildir @two `+two+`/{esmtp.rcpt.local}
+				}
+			}
+		}
+	}
+}
+`)
+	c := dial(t, addr)
+	c.expect("220 ")
+	c.send("EHLO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<x@one.test>\r\nRCPT TO:<y@two.test>\r\nRCPT TO:<z@elsewhere.test>\r\nDATA\r\n")
+	c.expect("250 ")
+	c.expect("250 2.1.0")
+	c.expect("250 2.1.5")
+	c.expect("250 2.1.5")
+	c.expect("554 5.7.1")
+	c.expect("354 ")
+	c.send(stuffed(message) + ".\r\nQUIT\r\n")
+	c.expect("250 2.0.0")
+	c.expect("221 ")
+
+	// Each maildir saw only its own recipients: one per-recipient Maildir
+	// under each base directory.
+	for dir, local := range map[string]string{one: "x", two: "y"} {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(entries) != 1 || entries[0].Name() != local {
+			t.Fatalf("%s holds %v, want only the Maildir of %s", dir, entries, local)
+		}
+		files := delivered(t, filepath.Join(dir, local))
+		if len(files) != 1 {
+			t.Fatalf("%s: %d files, want 1", dir, len(files))
+		}
+		splitReceived(t, files[0], "mx.example.test", []byte(message))
+	}
+}
