@@ -226,6 +226,76 @@ func TestStartTLSSmuggled(t *testing.T) {
 	}
 }
 
+// TestStartTLSResetsAuth: what was learnt in clear, AUTH included, does
+// not survive STARTTLS (RFC 3207 4.2).
+func TestStartTLSResetsAuth(t *testing.T) {
+	serverTLS, roots := testCert(t, "mx.example.org")
+	auth := &testAuth{users: map[string]string{"alice": "s3cret"}, insecure: true}
+	seen := &authUserSeen{}
+	ts := start(t, Config{Hostname: "mx.example.org", TLSConfig: serverTLS,
+		Handlers: []Handler{{Name: "auth", Handler: auth}, {Name: "seen", Handler: seen}}})
+	ts.ehlo()
+	ts.cmd("AUTH PLAIN "+plain("", "alice", "s3cret"), 235, "2.7.0")
+	tc := startTLS(t, ts.testClient, roots, "mx.example.org")
+	r := tc.cmd("EHLO client.example", 250, "")
+	if !hasKeyword(r, "AUTH") {
+		t.Fatalf("AUTH not offered again after STARTTLS: %q", r.raw)
+	}
+	tc.cmd("MAIL FROM:<a@client.example>", 250, "2.1.0")
+	if seen.last() != "" {
+		t.Fatalf("the login from before STARTTLS survived it: %q", seen.last())
+	}
+	tc.cmd("RSET", 250, "2.0.0")
+	tc.cmd("AUTH PLAIN "+plain("", "alice", "s3cret"), 235, "2.7.0")
+}
+
+// TestStartTLSSmuggledAtBufferEnd: when STARTTLS ends exactly where the
+// reader's buffer does, the smuggled command after it is still in the
+// connection, not buffered: the handshake then reads it as its
+// ClientHello and fails. It is never answered either way.
+func TestStartTLSSmuggledAtBufferEnd(t *testing.T) {
+	serverTLS, _ := testCert(t, "mx.example.org")
+	rec := &recorder{}
+	ts := start(t, Config{Hostname: "mx.example.org", TLSConfig: serverTLS,
+		Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	var b strings.Builder
+	for range 9 {
+		b.WriteString("NOOP " + strings.Repeat("x", 447) + "\r\n") // 454 bytes
+	}
+	b.WriteString("STARTTLS\r\n")
+	if b.Len() != 4096 {
+		t.Fatalf("batch of %d bytes, want the reader's 4096", b.Len())
+	}
+	b.WriteString("EHLO evil.example\r\nMAIL FROM:<x@y>\r\n")
+	ts.ehlo()
+	go ts.sendLate(b.String()) // net.Pipe: the write completes only as the server reads
+	for range 9 {
+		ts.expect(250, "2.0.0")
+	}
+	r, err := ts.tryReadReply()
+	switch {
+	case err == nil && r.code == 220 && r.enh == "2.0.0":
+		// the handshake read the smuggled bytes and failed
+		if rest := drain(ts.testClient); rest != "" {
+			t.Fatalf("after 220 the server sent %q", rest)
+		}
+	case err == nil && r.code == 554 && r.enh == "5.5.0":
+		if rest := drain(ts.testClient); rest != "" {
+			t.Fatalf("after 554 the server sent %q", rest)
+		}
+	default:
+		t.Fatalf("reply to STARTTLS %q (%v)", r.raw, err)
+	}
+	if err := ts.wait(); err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	for _, e := range rec.events() {
+		if e.kind == "helo" && e.arg == "evil.example" || e.kind == "mail" {
+			t.Fatalf("a smuggled command reached a hook: %v", rec.kinds())
+		}
+	}
+}
+
 func TestRequireTLS(t *testing.T) {
 	serverTLS, roots := testCert(t, "mx.example.org")
 	ts := start(t, Config{Hostname: "mx.example.org", TLSConfig: serverTLS, RequireTLS: true})

@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/caddyauth"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
@@ -33,6 +34,7 @@ type Auth struct {
 	AllowInsecureAuth bool `json:"allow_insecure_auth,omitempty"`
 
 	hashes map[string][]byte
+	fake   []byte // an account's hash, compared for unknown users
 }
 
 // Account is one user.
@@ -65,11 +67,12 @@ func (a *Auth) Provision(caddy.Context) error {
 		if _, dup := a.hashes[acct.Username]; dup {
 			return fmt.Errorf("auth: accounts[%d].username %q appears twice", i, acct.Username)
 		}
-		if comparer(acct.Password) == nil {
+		if !validHash(acct.Password) {
 			return fmt.Errorf("auth: accounts[%d].password for %q is not a bcrypt or argon2id hash (make one with `caddy hash-password`)", i, acct.Username)
 		}
 		a.hashes[acct.Username] = []byte(acct.Password)
 	}
+	a.fake = []byte(a.Accounts[0].Password)
 	return nil
 }
 
@@ -84,6 +87,21 @@ func comparer(hash string) caddyauth.Comparer {
 	return nil
 }
 
+// validHash reports whether hash parses as a bcrypt or argon2id hash, so a
+// damaged one fails at provision time rather than at every login. It costs
+// no hashing.
+func validHash(hash string) bool {
+	switch comparer(hash).(type) {
+	case caddyauth.BcryptHash:
+		_, err := bcrypt.Cost([]byte(hash))
+		return err == nil
+	case caddyauth.Argon2idHash:
+		_, _, err := caddyauth.DecodeHash([]byte(hash))
+		return err == nil
+	}
+	return false
+}
+
 // AuthMechanisms offers PLAIN and LOGIN over TLS (or anywhere with
 // allow_insecure_auth).
 func (a *Auth) AuthMechanisms(s *session.Session) []string {
@@ -94,14 +112,15 @@ func (a *Auth) AuthMechanisms(s *session.Session) []string {
 }
 
 // Authenticate checks the password. An unknown user costs the same hash
-// comparison as a known one, so timing does not tell which users exist.
+// comparison as a known one (with an account's own algorithm and cost), so
+// timing does not tell which users exist.
 func (a *Auth) Authenticate(_ context.Context, _ *session.Session, _, identity, username, password string) (bool, error) {
 	if identity != "" && identity != username {
 		return false, nil // no proxy authorization
 	}
 	hash, known := a.hashes[username]
 	if !known {
-		hash = caddyauth.BcryptHash{}.FakeHash()
+		hash = a.fake
 	}
 	ok, err := comparer(string(hash)).Compare(hash, []byte(password))
 	if err != nil {
