@@ -32,6 +32,9 @@ func TestMain(m *testing.M) {
 	}
 	os.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
 	os.Setenv("XDG_DATA_HOME", filepath.Join(dir, "data"))
+	// Caddy chose its default storage when its package initialised, before
+	// the variable above was set: point it into the temp dir too.
+	caddy.DefaultStorage.Path = caddy.AppDataDir()
 	code := m.Run()
 	caddy.Stop()
 	os.RemoveAll(dir)
