@@ -159,7 +159,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("esmtp: xclient_networks: %v", err)
 	}
+	var obs session.Observer
+	if reg := ctx.GetMetricsRegistry(); reg != nil {
+		m, err := newMetrics(reg)
+		if err != nil {
+			return fmt.Errorf("esmtp: registering metrics: %v", err)
+		}
+		obs = observer{m}
+	}
 	srv, err := session.NewServer(session.Config{
+		Observer:            obs,
 		TLSConfig:           tlsConfig,
 		RequireTLS:          h.RequireTLS,
 		XClientNetworks:     xclient,

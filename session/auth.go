@@ -156,13 +156,16 @@ func (s *Session) cmdAuth(arg []byte) *Reply {
 	ok, err := hook.Authenticate(ctx, s, mech, identity, user, pass)
 	switch {
 	case err != nil:
+		s.cfg.Observer.Auth("error")
 		s.log.Error("authentication check failed", zap.String("session", s.id), zap.String("remote", addrString(s.remote)), zap.Error(err))
 		return replyAuthTempFail
 	case !ok:
+		s.cfg.Observer.Auth("failure")
 		s.log.Info("authentication failed", zap.String("session", s.id), zap.String("remote", addrString(s.remote)),
 			zap.String("mechanism", mech), zap.String("username", logSafe(Sanitize(user, 256))))
 		return replyAuthFailed
 	}
+	s.cfg.Observer.Auth("success")
 	s.SetAuthenticated(user)
 	return replyAuthOK
 }

@@ -480,6 +480,7 @@ func (s *Session) endMessage() {
 		s.txn = nil
 	}
 	s.logMessage(txn, r)
+	s.cfg.Observer.Message(r.Code, txn.Size, len(txn.Recipients))
 	s.reply(r)
 	if r.Close {
 		s.closing = true
@@ -570,7 +571,9 @@ func invoke[H any](s *Session, event string, hk hooked[H], ctx context.Context, 
 		}
 	}()
 	r, err := call(ctx, hk.h)
-	if err == nil && (ctx.Err() != nil || time.Since(start) > s.cfg.HandlerTimeout) {
+	took := time.Since(start)
+	s.cfg.Observer.Hook(hk.name, event, took)
+	if err == nil && (ctx.Err() != nil || took > s.cfg.HandlerTimeout) {
 		err = context.DeadlineExceeded
 	}
 	if err != nil {

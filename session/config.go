@@ -97,6 +97,8 @@ type Config struct {
 	RejectEarlyTalkers bool
 	// GreetDelay is that wait (default 1s when RejectEarlyTalkers is set).
 	GreetDelay time.Duration
+	// Observer receives measurements for metrics; nil: none.
+	Observer Observer
 	// Handlers are the sub-handlers, asked in this order.
 	Handlers []Handler
 	// Logger receives one line per message and per session, and the
@@ -145,6 +147,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.BareLineEndings == "" {
 		c.BareLineEndings = BareReject
+	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()

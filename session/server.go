@@ -70,6 +70,11 @@ func (srv *Server) Serve(ctx context.Context, conn net.Conn, info ConnInfo) erro
 		return nil
 	}
 	defer srv.untrack(s)
+	srv.cfg.Observer.SessionStarted()
+	defer srv.cfg.Observer.SessionEnded()
+	if s.tls != nil {
+		srv.cfg.Observer.TLS(true)
+	}
 	return s.run(ctx)
 }
 

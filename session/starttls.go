@@ -51,11 +51,13 @@ func (s *Session) cmdStartTLS(hasArg bool) *Reply {
 	tlsConn := tls.Server(s.conn, s.cfg.TLSConfig)
 	s.setDeadline(s.cfg.CommandTimeout)
 	if err := tlsConn.HandshakeContext(s.ctx); err != nil {
+		s.cfg.Observer.TLS(false)
 		s.log.Info("TLS handshake failed", zap.String("session", s.id),
 			zap.String("remote", addrString(s.remote)), zap.Error(err))
 		s.closing = true
 		return nil
 	}
+	s.cfg.Observer.TLS(true)
 	state := tlsConn.ConnectionState()
 	if s.txn != nil {
 		s.abort(errReset)
