@@ -33,6 +33,7 @@ import (
 //		bare_line_endings  reject|normalize
 //		starttls [{ connection_policy { ... } }]
 //		require_tls
+//		log_transcript
 //		xclient_networks   <cidr...>
 //		max_connections    <n>
 //		max_connections_per_ip <n>
@@ -160,11 +161,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				h.StartTLS.ConnectionPolicies = append(h.StartTLS.ConnectionPolicies, cp)
 			}
-		case "require_tls":
+		case "require_tls", "log_transcript":
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-			h.RequireTLS = true
+			if opt == "require_tls" {
+				h.RequireTLS = true
+			} else {
+				h.LogTranscript = true
+			}
 		case "xclient_networks":
 			args := d.RemainingArgs()
 			if len(args) == 0 {

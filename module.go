@@ -106,6 +106,10 @@ type Handler struct {
 	RejectEarlyTalkers bool `json:"reject_early_talkers,omitempty"`
 	// GreetDelay is that wait. Default: 1s when reject_early_talkers is on.
 	GreetDelay caddy.Duration `json:"greet_delay,omitempty"`
+	// LogTranscript logs the whole SMTP conversation, every command and
+	// reply, at debug level (AUTH credentials are redacted). The logger
+	// must also be at debug level for it to show.
+	LogTranscript bool `json:"log_transcript,omitempty"`
 	// HandlersRaw is the ordered list of sub-handlers (modules in the
 	// esmtp.handlers namespace), asked in this order at every event.
 	HandlersRaw []json.RawMessage `json:"handlers,omitempty" caddy:"namespace=esmtp.handlers inline_key=handler"`
@@ -169,6 +173,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	srv, err := session.NewServer(session.Config{
 		Observer:            obs,
+		LogTranscript:       h.LogTranscript,
 		TLSConfig:           tlsConfig,
 		RequireTLS:          h.RequireTLS,
 		XClientNetworks:     xclient,

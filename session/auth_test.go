@@ -236,7 +236,7 @@ func TestAuthHookError(t *testing.T) {
 func TestAuthNotLogged(t *testing.T) {
 	const pass = "Tr0ub4dor&3-horse"
 	core, logs := observer.New(zap.DebugLevel)
-	ts, auth, _ := startAuth(t, Config{Logger: zap.New(core)})
+	ts, auth, _ := startAuth(t, Config{Logger: zap.New(core), LogTranscript: true})
 	auth.mu.Lock()
 	auth.users["alice"] = pass
 	auth.mu.Unlock()

@@ -97,6 +97,9 @@ type Config struct {
 	RejectEarlyTalkers bool
 	// GreetDelay is that wait (default 1s when RejectEarlyTalkers is set).
 	GreetDelay time.Duration
+	// LogTranscript logs every command and reply at debug level (AUTH
+	// credentials redacted). Off by default: a transcript is large.
+	LogTranscript bool
 	// Observer receives measurements for metrics; nil: none.
 	Observer Observer
 	// Handlers are the sub-handlers, asked in this order.

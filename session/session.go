@@ -176,7 +176,7 @@ func newSession(srv *Server, conn net.Conn, info ConnInfo) *Session {
 		s.local = conn.LocalAddr()
 	}
 	s.log = srv.cfg.Logger
-	s.debug = s.log.Core().Enabled(zap.DebugLevel)
+	s.debug = srv.cfg.LogTranscript && s.log.Core().Enabled(zap.DebugLevel)
 	return s
 }
 
