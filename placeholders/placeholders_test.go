@@ -1,0 +1,69 @@
+package placeholders
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/caddy-esmtp/caddy-esmtp/session"
+)
+
+// expander replaces a template at end of message and records the result.
+type expander struct {
+	tmpl string
+	got  chan string
+}
+
+func (e *expander) EndOfMessage(_ context.Context, s *session.Session) (*session.Reply, error) {
+	e.got <- New(s).ReplaceAll(e.tmpl, "-")
+	return nil, nil
+}
+
+func TestPlaceholders(t *testing.T) {
+	e := &expander{
+		tmpl: "{esmtp.remote_ip}|{esmtp.remote}|{esmtp.helo}|{esmtp.tls}|{esmtp.auth_user}|{esmtp.from}|{esmtp.rcpt}|{esmtp.rcpt.local}|{esmtp.rcpt.domain}|{esmtp.queue_id}",
+		got:  make(chan string, 1),
+	}
+	srv, err := session.NewServer(session.Config{Handlers: []session.Handler{{Name: "x", Handler: e}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, cc := net.Pipe()
+	defer cc.Close()
+	remote := &net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 4321}
+	go func() { srv.Serve(context.Background(), sc, session.ConnInfo{RemoteAddr: remote}); sc.Close() }()
+	r := bufio.NewReader(cc)
+	var last string
+	read := func() {
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l[3] == ' ' {
+				last = l
+				return
+			}
+		}
+	}
+	read()
+	for _, l := range []string{"EHLO client.example", "MAIL FROM:<a@sender.test>", "RCPT TO:<Bob@Example.TEST>", "DATA"} {
+		cc.Write([]byte(l + "\r\n"))
+		read()
+	}
+	cc.Write([]byte("Subject: x\r\n\r\nhi\r\n.\r\n"))
+	read()
+	got := <-e.got
+	fields := strings.Split(got, "|")
+	want := []string{"192.0.2.7", "192.0.2.7:4321", "client.example", "false", "-" /* empty: ReplaceAll's default */, "a@sender.test", "Bob@Example.TEST", "Bob", "example.test"}
+	for i, w := range want {
+		if fields[i] != w {
+			t.Errorf("placeholder %d = %q, want %q (all: %q)", i, fields[i], w, got)
+		}
+	}
+	if id := fields[9]; id == "" || !strings.Contains(last, id) {
+		t.Errorf("queue id %q is not the one in the reply %q", id, last)
+	}
+}
