@@ -27,8 +27,11 @@ import (
 	// `xcaddy build --with github.com/caddy-esmtp/caddy-esmtp` brings them.
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/auth"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/discard"
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/dnsbl"
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/greylist"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/maildir"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/match"
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/rate_limit"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/recipients"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/reply"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/senders"
