@@ -1,0 +1,227 @@
+package integration_test
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+const crashCaddyfile = `{
+	admin off
+	persist_config off
+	layer4 {
+		127.0.0.1:%PORT% {
+			route {
+				esmtp {
+					hostname crash.example.test
+					max_message_size 4MiB
+					maildir %MAIL%
+				}
+			}
+		}
+	}
+}
+`
+
+// crashKillPoints is how many times Caddy is killed during the load.
+const crashKillPoints = 3
+
+// TestCrashNothingAcknowledgedIsLost runs the real Caddy binary with a
+// Maildir, sends mail from 8 parallel clients, and kills Caddy with SIGKILL
+// at a random moment (after a random number of 250s, with the clients
+// anywhere in their transactions and one client known to be in the middle
+// of DATA), then starts it again; three times, then a last round ends with
+// a graceful stop. Then: every message that got a 250 is in new/ byte for
+// byte, every file in new/ is a complete message that was sent, and the
+// tmp/ files each kill left were removed when Caddy started again.
+func TestCrashNothingAcknowledgedIsLost(t *testing.T) {
+	t.Parallel()
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 1))
+	dir := t.TempDir()
+	maildir := filepath.Join(dir, "mail")
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	config := processCaddyfile(t, dir, crashCaddyfile, 0, port, maildir)
+	logPath := filepath.Join(dir, "caddy.log")
+
+	const clients = 8
+	l := newLedger()
+	var nextID atomic.Int64
+	type killFigures struct {
+		leftovers, afterRestart int
+	}
+	kills := make([]killFigures, crashKillPoints)
+
+	for phase := 0; phase <= crashKillPoints; phase++ {
+		proc := startCaddyProc(t, config, logPath, addr)
+		if phase > 0 {
+			// Caddy serves, so Provision has run; no client has sent yet.
+			left := tmpFiles(t, maildir)
+			kills[phase-1].afterRestart = len(left)
+			if len(left) > 0 {
+				t.Errorf("after restart %d tmp/ still holds %q", phase, left)
+			}
+			l.nextPhase()
+		}
+		last := phase == crashKillPoints
+		target := 150 + rng.IntN(350) // 250s before the kill
+		if last {
+			target = 150
+		}
+
+		var stop atomic.Bool
+		var wg sync.WaitGroup
+		var errMu sync.Mutex
+		var clientErrs []error
+		fail := func(err error) {
+			errMu.Lock()
+			clientErrs = append(clientErrs, err)
+			errMu.Unlock()
+		}
+		failed := func() bool {
+			errMu.Lock()
+			defer errMu.Unlock()
+			return len(clientErrs) > 0
+		}
+		for c := range clients {
+			crng := rand.New(rand.NewPCG(seed, uint64(100*phase+c+2)))
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sc, err := dialSMTP(addr, "load.client.test")
+				if err != nil {
+					fail(fmt.Errorf("client %d: connect: %w", c, err))
+					return
+				}
+				defer sc.c.Close()
+				for !stop.Load() {
+					m := newLoadMsg(crng, fmt.Sprintf("p%dc%dm%d", phase, c, nextID.Add(1)))
+					r := sc.send(m, func() { l.start(m) })
+					switch {
+					case r.err != nil && stop.Load():
+						l.count("connection ended by the kill")
+						return
+					case r.err != nil:
+						fail(fmt.Errorf("client %d: message %s: %s: %w", c, m.id, r.stage, r.err))
+						return
+					case r.code != 250:
+						fail(fmt.Errorf("client %d: message %s: %s answered %s", c, m.id, r.stage, r.text))
+						return
+					}
+					l.ack(m)
+				}
+				if last {
+					sc.cmd("QUIT")
+				}
+			}()
+		}
+
+		if !last {
+			// One client stops in the middle of DATA, after more than
+			// maildir's write buffer, so that each kill surely leaves an
+			// unfinished delivery in tmp/.
+			sid := fmt.Sprintf("straggler%d", phase)
+			straggler, err := dialSMTP(addr, "straggler.client.test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer straggler.c.Close()
+			m := sizedLoadMsg(rng, sid, 200<<10)
+			if err := straggler.begin(m, 150<<10); err != nil {
+				t.Fatalf("straggler: %v", err)
+			}
+			waitFor(t, "the straggler's file in tmp/", func() bool { return tmpHolds(maildir, sid) })
+		}
+		waitFor(t, fmt.Sprintf("%d messages in phase %d", target, phase), func() bool {
+			return failed() || l.phaseAcked() >= target
+		})
+		stop.Store(true)
+		if last {
+			wg.Wait()
+			proc.cmd.Process.Signal(os.Interrupt)
+			if err := proc.wait(); err != nil {
+				t.Errorf("caddy exit after SIGINT: %v", err)
+			}
+		} else {
+			proc.kill9()
+			wg.Wait()
+			kills[phase].leftovers = len(tmpFiles(t, maildir))
+			if kills[phase].leftovers == 0 {
+				t.Errorf("kill %d left nothing in tmp/, though the straggler was in DATA", phase+1)
+			}
+		}
+		for _, err := range clientErrs {
+			t.Errorf("phase %d: %v", phase, err)
+		}
+		if t.Failed() {
+			t.FailNow()
+		}
+	}
+
+	res := checkMaildir(t, maildir, l)
+	for _, b := range res.bad {
+		t.Errorf("new/: %s", b)
+	}
+	ackedPer := make([]int, crashKillPoints+1)
+	foundPer := make([]int, crashKillPoints+1)
+	unackedFound := make([]int, crashKillPoints+1)
+	lost := 0
+	for id, phase := range l.acked {
+		ackedPer[phase]++
+		switch n := res.found[id]; {
+		case n == 0:
+			lost++
+			if lost <= 10 {
+				t.Errorf("message %s got 250 in phase %d but is not in new/", id, phase)
+			}
+		default:
+			foundPer[phase]++
+		}
+	}
+	for id, n := range res.found {
+		if n > 1 {
+			t.Errorf("message %s is in new/ %d times", id, n)
+		}
+		if _, ok := l.acked[id]; !ok {
+			unackedFound[l.started[id].phase]++
+		}
+	}
+	if lost > 0 {
+		t.Errorf("%d acknowledged messages lost", lost)
+	}
+	for k := range crashKillPoints {
+		t.Logf("figures: kill point %d: %d acknowledged, %d of them found byte for byte; %d delivered without "+
+			"the 250 reaching the client; %d file(s) left in tmp/ by the kill, %d after the restart",
+			k+1, ackedPer[k], foundPer[k], unackedFound[k], kills[k].leftovers, kills[k].afterRestart)
+	}
+	t.Logf("figures: after the last restart: %d acknowledged, %d found; a graceful stop",
+		ackedPer[crashKillPoints], foundPer[crashKillPoints])
+	t.Logf("figures: total %d messages started, %d acknowledged, %d files in new/, %d partial or unknown, %d lost",
+		len(l.started), len(l.acked), res.delivered, len(res.bad), lost)
+}
+
+// tmpHolds reports whether a file in dir/tmp contains s in its first 8 KiB.
+func tmpHolds(dir, s string) bool {
+	entries, _ := os.ReadDir(filepath.Join(dir, "tmp"))
+	for _, e := range entries {
+		f, err := os.Open(filepath.Join(dir, "tmp", e.Name()))
+		if err != nil {
+			continue
+		}
+		b := make([]byte, 8<<10)
+		n, _ := f.Read(b)
+		f.Close()
+		if bytes.Contains(b[:n], []byte(s)) {
+			return true
+		}
+	}
+	return false
+}
