@@ -1,12 +1,12 @@
 package placeholders
 
 import (
-	"bufio"
 	"context"
 	"net"
 	"strings"
 	"testing"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -26,34 +26,17 @@ func TestPlaceholders(t *testing.T) {
 		tmpl: "{esmtp.remote_ip}|{esmtp.remote}|{esmtp.helo}|{esmtp.tls}|{esmtp.auth_user}|{esmtp.from}|{esmtp.rcpt}|{esmtp.rcpt.local}|{esmtp.rcpt.domain}|{esmtp.queue_id}",
 		got:  make(chan string, 1),
 	}
-	srv, err := session.NewServer(session.Config{Handlers: []session.Handler{{Name: "x", Handler: e}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc, cc := net.Pipe()
-	defer cc.Close()
+	srv := smtptest.NewServer(t, session.Config{Handlers: []session.Handler{{Name: "x", Handler: e}}})
 	remote := &net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 4321}
-	go func() { srv.Serve(context.Background(), sc, session.ConnInfo{RemoteAddr: remote}); sc.Close() }()
-	r := bufio.NewReader(cc)
+	c := srv.Pipe(session.ConnInfo{RemoteAddr: remote})
 	var last string
-	read := func() {
-		for {
-			l, err := r.ReadString('\n')
-			if err != nil {
-				t.Fatal(err)
-			}
-			if l[3] == ' ' {
-				last = l
-				return
-			}
-		}
-	}
+	read := func() { last = c.ReadReply().Last() }
 	read()
 	for _, l := range []string{"EHLO client.example", "MAIL FROM:<a@sender.test>", "RCPT TO:<Bob@Example.TEST>", "DATA"} {
-		cc.Write([]byte(l + "\r\n"))
+		c.Send(l + "\r\n")
 		read()
 	}
-	cc.Write([]byte("Subject: x\r\n\r\nhi\r\n.\r\n"))
+	c.Send("Subject: x\r\n\r\nhi\r\n.\r\n")
 	read()
 	got := <-e.got
 	fields := strings.Split(got, "|")

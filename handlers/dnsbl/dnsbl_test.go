@@ -10,12 +10,14 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/miekg/dns"
+
+	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"
 )
 
 // provisioned provisions b and fails the test on error.
 func provisioned(t testing.TB, b *DNSBL) *DNSBL {
 	t.Helper()
-	if err := provision(b); err != nil {
+	if err := smtptest.Provision(b); err != nil {
 		t.Fatalf("provision: %v", err)
 	}
 	return b
@@ -57,7 +59,7 @@ func TestReverse(t *testing.T) {
 // refusals, odd answers, DNS errors and timeouts let the client in.
 func TestAtConnect(t *testing.T) {
 	ds := startDNS(t, testZones)
-	srv := newServer(t, provisioned(t, &DNSBL{Zones: []string{"BL.test.", "second.test"}, Resolver: ds.addr, Timeout: caddy.Duration(300 * time.Millisecond)}))
+	srv := smtptest.Serve(t, provisioned(t, &DNSBL{Zones: []string{"BL.test.", "second.test"}, Resolver: ds.addr, Timeout: caddy.Duration(300 * time.Millisecond)}))
 	for _, tc := range []struct{ ip, want string }{
 		{"127.0.0.2", "554 5.7.1 Service unavailable; client [127.0.0.2] blocked using bl.test"},
 		{"192.0.2.1", "554 5.7.1 Service unavailable; client [192.0.2.1] blocked using second.test"},
@@ -72,16 +74,17 @@ func TestAtConnect(t *testing.T) {
 		{"2001:db8::2", "220 "}, // NXDOMAIN
 	} {
 		remote := netip.AddrPortFrom(netip.MustParseAddr(tc.ip), 4000).String()
-		c, g := srv.connect(remote)
+		c := srv.PipeFrom(remote)
+		g := c.ReadReply().Last()
 		if !strings.HasPrefix(g, tc.want) {
 			t.Errorf("%s: greeting %q, want %q", tc.ip, g, tc.want)
 			continue
 		}
 		if tc.want == "220 " {
-			c.cmd("EHLO client.example", "250 ")
-			c.cmd("QUIT", "221 ")
+			c.Cmd("EHLO client.example", "250 ")
+			c.Cmd("QUIT", "221 ")
 		} else {
-			c.closed()
+			c.ExpectClosed()
 		}
 	}
 	if n := ds.count("4.2.0.192.bl.test"); n != 1 {
@@ -93,23 +96,23 @@ func TestAtConnect(t *testing.T) {
 // but postmaster gets 554 5.7.1; the lookup is made once per session.
 func TestAtRcpt(t *testing.T) {
 	ds := startDNS(t, testZones)
-	srv := newServer(t, provisioned(t, &DNSBL{Zones: []string{"bl.test", "second.test"}, Resolver: ds.addr, At: "rcpt"}))
-	c := srv.dial("127.0.0.2:4000")
-	c.cmd("MAIL FROM:<a@client.test>", "250 ")
-	c.cmd("RCPT TO:<b@example.test>", "554 5.7.1 Service unavailable; client [127.0.0.2] blocked using bl.test")
-	c.cmd("RCPT TO:<Postmaster>", "250 ")
-	c.cmd("RCPT TO:<PostMaster@example.test>", "250 ")
-	c.cmd("RCPT TO:<c@example.test>", "554 5.7.1")
-	c.cmd("DATA", "354 ")
-	c.cmd("Subject: listed?\r\n\r\nplease unlist me\r\n.", "250 ")
+	srv := smtptest.Serve(t, provisioned(t, &DNSBL{Zones: []string{"bl.test", "second.test"}, Resolver: ds.addr, At: "rcpt"}))
+	c := srv.Dial("127.0.0.2:4000")
+	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+	c.Cmd("RCPT TO:<b@example.test>", "554 5.7.1 Service unavailable; client [127.0.0.2] blocked using bl.test")
+	c.Cmd("RCPT TO:<Postmaster>", "250 ")
+	c.Cmd("RCPT TO:<PostMaster@example.test>", "250 ")
+	c.Cmd("RCPT TO:<c@example.test>", "554 5.7.1")
+	c.Cmd("DATA", "354 ")
+	c.Cmd("Subject: listed?\r\n\r\nplease unlist me\r\n.", "250 ")
 	if n := ds.count("2.0.0.127.bl.test"); n != 1 {
 		t.Errorf("asked %d times in one session, want 1", n)
 	}
-	c = srv.dial("192.0.2.4:4000")
-	c.cmd("MAIL FROM:<a@client.test>", "250 ")
-	c.cmd("RCPT TO:<b@example.test>", "250 ")
+	c = srv.Dial("192.0.2.4:4000")
+	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+	c.Cmd("RCPT TO:<b@example.test>", "250 ")
 	// A client that never gets to RCPT costs no lookup.
-	srv.dial("192.0.2.200:4000").cmd("QUIT", "221 ")
+	srv.Dial("192.0.2.200:4000").Cmd("QUIT", "221 ")
 	if n := ds.count("200.2.0.192.bl.test"); n != 0 {
 		t.Errorf("asked %d times before any RCPT, want 0", n)
 	}
@@ -128,12 +131,12 @@ func TestProvisionErrors(t *testing.T) {
 		{&DNSBL{Zones: []string{"ok.test"}, Timeout: -1}, "dnsbl: timeout must be positive"},
 		{&DNSBL{Zones: []string{"ok.test"}, Resolver: "localhost"}, `dnsbl: resolver: "localhost" is not host:port or an IP address`},
 	} {
-		if err := provision(tc.b); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+		if err := smtptest.Provision(tc.b); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
 			t.Errorf("got error %v, want %q...", err, tc.want)
 		}
 	}
 	for _, r := range []string{"192.0.2.53", "[2001:db8::53]", "2001:db8::53", "dns.example:5353", "[::1]:53"} {
-		if err := provision(&DNSBL{Zones: []string{"ok.test"}, Resolver: r}); err != nil {
+		if err := smtptest.Provision(&DNSBL{Zones: []string{"ok.test"}, Resolver: r}); err != nil {
 			t.Errorf("resolver %q: %v", r, err)
 		}
 	}

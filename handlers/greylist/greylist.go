@@ -55,6 +55,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -158,13 +159,7 @@ func (g *Greylist) Provision(ctx caddy.Context) error {
 		g.MaxEntries = DefaultMaxEntries
 	}
 	var err error
-	if g.IPv4Prefix, err = prefixLen("ipv4_prefix", g.IPv4Prefix, DefaultIPv4Prefix, 32); err != nil {
-		return err
-	}
-	if g.IPv6Prefix, err = prefixLen("ipv6_prefix", g.IPv6Prefix, DefaultIPv6Prefix, 128); err != nil {
-		return err
-	}
-	if g.exempt, err = parseNetworks(g.Exempt); err != nil {
+	if g.exempt, err = clientnet.Options("greylist", &g.IPv4Prefix, &g.IPv6Prefix, DefaultIPv4Prefix, DefaultIPv6Prefix, g.Exempt); err != nil {
 		return err
 	}
 	path := g.StateFile
@@ -207,37 +202,6 @@ func (g *Greylist) Cleanup() error {
 	return nil
 }
 
-// prefixLen checks a prefix length option; 0 takes the default.
-func prefixLen(name string, v, def, bits int) (int, error) {
-	switch {
-	case v == 0:
-		return def, nil
-	case v < 0 || v > bits:
-		return 0, fmt.Errorf("greylist: %s must be 1 to %d, got %d", name, bits, v)
-	}
-	return v, nil
-}
-
-// parseNetworks parses the exempt list: CIDR prefixes or addresses.
-func parseNetworks(in []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for i, s := range in {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			a, aerr := netip.ParseAddr(s)
-			if aerr != nil {
-				return nil, fmt.Errorf("greylist: exempt[%d]: %q is not a CIDR network or an IP address", i, s)
-			}
-			p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
-		}
-		if p.Addr().Is4In6() && p.Bits() >= 96 {
-			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-		}
-		out = append(out, p.Masked())
-	}
-	return out, nil
-}
-
 // Rcpt refuses a recipient of a new or too recent triplet with 451 4.7.1
 // and has no opinion on the others.
 func (g *Greylist) Rcpt(_ context.Context, s *session.Session, to session.Path, _ session.Params) (*session.Reply, error) {
@@ -267,41 +231,8 @@ func (g *Greylist) Rcpt(_ context.Context, s *session.Session, to session.Path, 
 // network is the client's network as a string, such as 192.0.2.0/24. ok
 // is false for an exempt client.
 func (g *Greylist) network(a net.Addr) (string, bool) {
-	ip := addrIP(a)
-	if !ip.IsValid() {
-		if a == nil {
-			return "", true
-		}
-		return a.String(), true
-	}
-	for _, p := range g.exempt {
-		if p.Contains(ip) {
-			return "", false
-		}
-	}
-	bits := g.IPv4Prefix
-	if ip.Is6() {
-		bits = g.IPv6Prefix
-	}
-	p, _ := ip.Prefix(bits)
-	return p.String(), true
-}
-
-// addrIP is the IP of a client address (IPv4-mapped IPv6 as IPv4), or the
-// zero Addr.
-func addrIP(a net.Addr) netip.Addr {
-	switch t := a.(type) {
-	case *net.TCPAddr:
-		ip, _ := netip.AddrFromSlice(t.IP)
-		return ip.Unmap()
-	case nil:
-		return netip.Addr{}
-	}
-	if ap, err := netip.ParseAddrPort(a.String()); err == nil {
-		return ap.Addr().Unmap()
-	}
-	ip, _ := netip.ParseAddr(a.String())
-	return ip.Unmap()
+	network, _, ok := clientnet.Network(a, g.exempt, g.IPv4Prefix, g.IPv6Prefix)
+	return network, ok
 }
 
 func (g *Greylist) limits() limits {
@@ -609,7 +540,7 @@ func (g *Greylist) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(args) == 0 {
 				return d.ArgErr()
 			}
-			if _, err := parseNetworks(args); err != nil {
+			if _, err := clientnet.ParseNetworks("greylist", args); err != nil {
 				return d.Err(err.Error())
 			}
 			g.Exempt = append(g.Exempt, args...)

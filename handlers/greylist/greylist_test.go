@@ -10,19 +10,19 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"
 )
 
 // provisioned provisions g with the clock c and a state file in a fresh
 // directory unless g names one, and cleans it up when the test ends.
-func provisioned(t testing.TB, g *Greylist, c *clock) *Greylist {
+func provisioned(t testing.TB, g *Greylist, c *smtptest.Clock) *Greylist {
 	t.Helper()
 	g.now = c.Now
 	if g.StateFile == "" {
 		g.StateFile = filepath.Join(t.TempDir(), "greylist.json")
 	}
-	if err := provision(g); err != nil {
-		t.Fatalf("provision: %v", err)
-	}
+	smtptest.Provisioned(t, g)
 	t.Cleanup(func() { g.Cleanup() })
 	return g
 }
@@ -33,88 +33,88 @@ const greylisted = "451 4.7.1 Greylisted, please try again later"
 // 4.7.1 for each RCPT until delay has passed, then 250; the client network
 // is the /24; sender and recipient count, case aside.
 func TestGreylist(t *testing.T) {
-	clk := newClock()
-	srv := newServer(t, provisioned(t, &Greylist{}, clk))
-	c := srv.dial("192.0.2.1:1000")
-	c.cmd("MAIL FROM:<a@client.test>", "250 ")
-	c.cmd("RCPT TO:<b@example.test>", greylisted)
-	c.cmd("RCPT TO:<c@example.test>", greylisted) // one reply per new triplet
-	c.cmd("DATA", "503 ")                         // no recipient accepted
-	clk.advance(4 * time.Minute)
-	c.cmd("RCPT TO:<b@example.test>", greylisted) // too early: the first try counts
-	clk.advance(time.Minute)
-	c.cmd("RCPT TO:<b@example.test>", "250 ")
-	c.cmd("RCPT TO:<C@Example.TEST>", "250 ")
-	c.cmd("RCPT TO:<d@example.test>", greylisted)
+	clk := smtptest.NewClock()
+	srv := smtptest.Serve(t, provisioned(t, &Greylist{}, clk))
+	c := srv.Dial("192.0.2.1:1000")
+	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+	c.Cmd("RCPT TO:<b@example.test>", greylisted)
+	c.Cmd("RCPT TO:<c@example.test>", greylisted) // one reply per new triplet
+	c.Cmd("DATA", "503 ")                         // no recipient accepted
+	clk.Advance(4 * time.Minute)
+	c.Cmd("RCPT TO:<b@example.test>", greylisted) // too early: the first try counts
+	clk.Advance(time.Minute)
+	c.Cmd("RCPT TO:<b@example.test>", "250 ")
+	c.Cmd("RCPT TO:<C@Example.TEST>", "250 ")
+	c.Cmd("RCPT TO:<d@example.test>", greylisted)
 
 	// Another address of the /24 is the same client.
-	c = srv.dial("192.0.2.200:1000")
-	c.cmd("MAIL FROM:<A@CLIENT.test>", "250 ")
-	c.cmd("RCPT TO:<b@example.test>", "250 ")
-	c.cmd("RSET", "250 ")
-	c.cmd("MAIL FROM:<other@client.test>", "250 ")
-	c.cmd("RCPT TO:<b@example.test>", greylisted) // another sender
+	c = srv.Dial("192.0.2.200:1000")
+	c.Cmd("MAIL FROM:<A@CLIENT.test>", "250 ")
+	c.Cmd("RCPT TO:<b@example.test>", "250 ")
+	c.Cmd("RSET", "250 ")
+	c.Cmd("MAIL FROM:<other@client.test>", "250 ")
+	c.Cmd("RCPT TO:<b@example.test>", greylisted) // another sender
 	// Another network is another client; the null sender is a sender.
-	c = srv.dial("192.0.3.1:1000")
-	c.cmd("MAIL FROM:<a@client.test>", "250 ")
-	c.cmd("RCPT TO:<b@example.test>", greylisted)
-	c.cmd("RSET", "250 ")
-	c.cmd("MAIL FROM:<>", "250 ")
-	c.cmd("RCPT TO:<b@example.test>", greylisted)
-	c.cmd("RCPT TO:<Postmaster>", greylisted)
-	clk.advance(5 * time.Minute)
-	c.cmd("RCPT TO:<b@example.test>", "250 ")
-	c.cmd("RCPT TO:<postmaster>", "250 ")
+	c = srv.Dial("192.0.3.1:1000")
+	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+	c.Cmd("RCPT TO:<b@example.test>", greylisted)
+	c.Cmd("RSET", "250 ")
+	c.Cmd("MAIL FROM:<>", "250 ")
+	c.Cmd("RCPT TO:<b@example.test>", greylisted)
+	c.Cmd("RCPT TO:<Postmaster>", greylisted)
+	clk.Advance(5 * time.Minute)
+	c.Cmd("RCPT TO:<b@example.test>", "250 ")
+	c.Cmd("RCPT TO:<postmaster>", "250 ")
 }
 
 // TestIPv6Network: IPv6 clients are one per /64, or as ipv6_prefix says.
 func TestIPv6Network(t *testing.T) {
-	clk := newClock()
-	srv := newServer(t, provisioned(t, &Greylist{}, clk))
-	c := srv.dial("[2001:db8:1:2::1]:1000")
-	c.cmd("MAIL FROM:<a@client.test>", "250 ")
-	c.cmd("RCPT TO:<b@example.test>", greylisted)
-	clk.advance(5 * time.Minute)
-	c = srv.dial("[2001:db8:1:2:aaaa::7]:1000")
-	c.cmd("MAIL FROM:<a@client.test>", "250 ")
-	c.cmd("RCPT TO:<b@example.test>", "250 ")
-	c = srv.dial("[2001:db8:1:3::1]:1000")
-	c.cmd("MAIL FROM:<a@client.test>", "250 ")
-	c.cmd("RCPT TO:<b@example.test>", greylisted)
+	clk := smtptest.NewClock()
+	srv := smtptest.Serve(t, provisioned(t, &Greylist{}, clk))
+	c := srv.Dial("[2001:db8:1:2::1]:1000")
+	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+	c.Cmd("RCPT TO:<b@example.test>", greylisted)
+	clk.Advance(5 * time.Minute)
+	c = srv.Dial("[2001:db8:1:2:aaaa::7]:1000")
+	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+	c.Cmd("RCPT TO:<b@example.test>", "250 ")
+	c = srv.Dial("[2001:db8:1:3::1]:1000")
+	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+	c.Cmd("RCPT TO:<b@example.test>", greylisted)
 
-	srv = newServer(t, provisioned(t, &Greylist{IPv4Prefix: 32, IPv6Prefix: 128}, clk))
+	srv = smtptest.Serve(t, provisioned(t, &Greylist{IPv4Prefix: 32, IPv6Prefix: 128}, clk))
 	for _, first := range []string{"[2001:db8:1:2::1]:1000", "192.0.2.1:1000"} {
-		c = srv.dial(first)
-		c.cmd("MAIL FROM:<a@client.test>", "250 ")
-		c.cmd("RCPT TO:<b@example.test>", greylisted)
+		c = srv.Dial(first)
+		c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+		c.Cmd("RCPT TO:<b@example.test>", greylisted)
 	}
-	clk.advance(5 * time.Minute)
+	clk.Advance(5 * time.Minute)
 	for _, other := range []string{"[2001:db8:1:2::2]:1000", "192.0.2.2:1000"} {
-		c = srv.dial(other)
-		c.cmd("MAIL FROM:<a@client.test>", "250 ")
-		c.cmd("RCPT TO:<b@example.test>", greylisted)
+		c = srv.Dial(other)
+		c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+		c.Cmd("RCPT TO:<b@example.test>", greylisted)
 	}
 }
 
 // TestExpireAndKeep: a retry after expire starts afresh; an accepted
 // triplet is kept for keep after each use, then forgotten.
 func TestExpireAndKeep(t *testing.T) {
-	clk := newClock()
+	clk := smtptest.NewClock()
 	g := provisioned(t, &Greylist{}, clk)
-	srv := newServer(t, g)
-	c := srv.dial("192.0.2.1:1000")
-	c.cmd("MAIL FROM:<a@client.test>", "250 ")
-	c.cmd("RCPT TO:<b@example.test>", greylisted)
-	clk.advance(25 * time.Hour) // past expire (24h): new again
-	c.cmd("RCPT TO:<b@example.test>", greylisted)
-	clk.advance(5 * time.Minute)
-	c.cmd("RCPT TO:<b@example.test>", "250 ")
+	srv := smtptest.Serve(t, g)
+	c := srv.Dial("192.0.2.1:1000")
+	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+	c.Cmd("RCPT TO:<b@example.test>", greylisted)
+	clk.Advance(25 * time.Hour) // past expire (24h): new again
+	c.Cmd("RCPT TO:<b@example.test>", greylisted)
+	clk.Advance(5 * time.Minute)
+	c.Cmd("RCPT TO:<b@example.test>", "250 ")
 	for range 3 {
-		clk.advance(35 * 24 * time.Hour) // within keep (36d) of the last use
-		c.cmd("RCPT TO:<b@example.test>", "250 ")
+		clk.Advance(35 * 24 * time.Hour) // within keep (36d) of the last use
+		c.Cmd("RCPT TO:<b@example.test>", "250 ")
 	}
-	clk.advance(37 * 24 * time.Hour)
-	c.cmd("RCPT TO:<b@example.test>", greylisted)
+	clk.Advance(37 * 24 * time.Hour)
+	c.Cmd("RCPT TO:<b@example.test>", greylisted)
 	if n := g.store.len(); n != 1 {
 		t.Fatalf("%d triplets remembered, want 1", n)
 	}
@@ -123,52 +123,52 @@ func TestExpireAndKeep(t *testing.T) {
 // TestBypass: authenticated clients and exempt networks are not
 // greylisted.
 func TestBypass(t *testing.T) {
-	clk := newClock()
-	srv := newServer(t, loginAs{}, provisioned(t, &Greylist{Exempt: []string{"198.51.100.0/24", "2001:db8::1"}}, clk))
+	clk := smtptest.NewClock()
+	srv := smtptest.Serve(t, smtptest.LoginAs{}, provisioned(t, &Greylist{Exempt: []string{"198.51.100.0/24", "2001:db8::1"}}, clk))
 	for _, tc := range []struct{ remote, helo string }{
 		{"192.0.2.1:1000", "alice.auth"},
 		{"198.51.100.9:1000", "client.example"},
 		{"[2001:db8::1]:1000", "client.example"},
 	} {
-		c := srv.dialHelo(tc.remote, tc.helo)
-		c.cmd("MAIL FROM:<a@client.test>", "250 ")
-		c.cmd("RCPT TO:<b@example.test>", "250 ")
+		c := srv.DialHelo(tc.remote, tc.helo)
+		c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+		c.Cmd("RCPT TO:<b@example.test>", "250 ")
 	}
-	c := srv.dial("[2001:db8::2]:1000")
-	c.cmd("MAIL FROM:<a@client.test>", "250 ")
-	c.cmd("RCPT TO:<b@example.test>", greylisted)
+	c := srv.Dial("[2001:db8::2]:1000")
+	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+	c.Cmd("RCPT TO:<b@example.test>", greylisted)
 }
 
 // TestMaxEntries: past max_entries the oldest waiting triplet is
 // forgotten first, accepted ones only when none waits.
 func TestMaxEntries(t *testing.T) {
-	clk := newClock()
+	clk := smtptest.NewClock()
 	g := provisioned(t, &Greylist{MaxEntries: 3}, clk)
-	srv := newServer(t, g)
-	c := srv.dial("192.0.2.1:1000")
-	c.cmd("MAIL FROM:<a@client.test>", "250 ")
-	c.cmd("RCPT TO:<accepted@example.test>", greylisted)
-	clk.advance(5 * time.Minute)
-	c.cmd("RCPT TO:<accepted@example.test>", "250 ")
+	srv := smtptest.Serve(t, g)
+	c := srv.Dial("192.0.2.1:1000")
+	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+	c.Cmd("RCPT TO:<accepted@example.test>", greylisted)
+	clk.Advance(5 * time.Minute)
+	c.Cmd("RCPT TO:<accepted@example.test>", "250 ")
 	for _, r := range []string{"w1", "w2", "w3", "w4"} {
-		c.cmd("RCPT TO:<"+r+"@example.test>", greylisted)
-		clk.advance(time.Second)
+		c.Cmd("RCPT TO:<"+r+"@example.test>", greylisted)
+		clk.Advance(time.Second)
 	}
 	if n := g.store.len(); n != 3 {
 		t.Fatalf("%d triplets remembered, want max_entries 3", n)
 	}
-	clk.advance(5 * time.Minute)
-	c.cmd("RCPT TO:<accepted@example.test>", "250 ")
-	c.cmd("RCPT TO:<w1@example.test>", greylisted) // forgotten: new again, forgets w3
-	c.cmd("RCPT TO:<w4@example.test>", "250 ")     // now accepted
-	c.cmd("RCPT TO:<w3@example.test>", greylisted) // forgotten: new again, forgets w1
-	c.cmd("RCPT TO:<x1@example.test>", greylisted) // forgets w3, the only waiting one
-	c.cmd("RCPT TO:<x2@example.test>", greylisted) // forgets x1
-	c.cmd("RCPT TO:<accepted@example.test>", "250 ")
-	c.cmd("RCPT TO:<w4@example.test>", "250 ")
-	clk.advance(5 * time.Minute)
-	c.cmd("RCPT TO:<x2@example.test>", "250 ")
-	c.cmd("RCPT TO:<x1@example.test>", greylisted)
+	clk.Advance(5 * time.Minute)
+	c.Cmd("RCPT TO:<accepted@example.test>", "250 ")
+	c.Cmd("RCPT TO:<w1@example.test>", greylisted) // forgotten: new again, forgets w3
+	c.Cmd("RCPT TO:<w4@example.test>", "250 ")     // now accepted
+	c.Cmd("RCPT TO:<w3@example.test>", greylisted) // forgotten: new again, forgets w1
+	c.Cmd("RCPT TO:<x1@example.test>", greylisted) // forgets w3, the only waiting one
+	c.Cmd("RCPT TO:<x2@example.test>", greylisted) // forgets x1
+	c.Cmd("RCPT TO:<accepted@example.test>", "250 ")
+	c.Cmd("RCPT TO:<w4@example.test>", "250 ")
+	clk.Advance(5 * time.Minute)
+	c.Cmd("RCPT TO:<x2@example.test>", "250 ")
+	c.Cmd("RCPT TO:<x1@example.test>", greylisted)
 }
 
 // TestStatePersists: the state file is written at Cleanup and read by the
@@ -176,15 +176,15 @@ func TestMaxEntries(t *testing.T) {
 // run (a reload) they share the state, and the old one's Cleanup does not
 // lose it.
 func TestStatePersists(t *testing.T) {
-	clk := newClock()
+	clk := smtptest.NewClock()
 	path := filepath.Join(t.TempDir(), "sub", "greylist.json")
 	old := provisioned(t, &Greylist{StateFile: path}, clk)
-	c := newServer(t, old).dial("192.0.2.1:1000")
-	c.cmd("MAIL FROM:<a@client.test>", "250 ")
-	c.cmd("RCPT TO:<waiting@example.test>", greylisted)
-	c.cmd("RCPT TO:<accepted@example.test>", greylisted)
-	clk.advance(5 * time.Minute)
-	c.cmd("RCPT TO:<accepted@example.test>", "250 ")
+	c := smtptest.Serve(t, old).Dial("192.0.2.1:1000")
+	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+	c.Cmd("RCPT TO:<waiting@example.test>", greylisted)
+	c.Cmd("RCPT TO:<accepted@example.test>", greylisted)
+	clk.Advance(5 * time.Minute)
+	c.Cmd("RCPT TO:<accepted@example.test>", "250 ")
 
 	// A reload: the new configuration is provisioned before the old one
 	// is cleaned up.
@@ -193,9 +193,9 @@ func TestStatePersists(t *testing.T) {
 		t.Fatal("the new configuration does not share the running state")
 	}
 	old.Cleanup()
-	c = newServer(t, reloaded).dial("192.0.2.1:1001")
-	c.cmd("MAIL FROM:<a@client.test>", "250 ")
-	c.cmd("RCPT TO:<later@example.test>", greylisted)
+	c = smtptest.Serve(t, reloaded).Dial("192.0.2.1:1001")
+	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+	c.Cmd("RCPT TO:<later@example.test>", greylisted)
 	reloaded.Cleanup() // a stop: the last user saves and lets go
 	if n, ok := stores.References(path); ok {
 		t.Fatalf("the state is still open with %d references", n)
@@ -215,14 +215,14 @@ func TestStatePersists(t *testing.T) {
 	}
 
 	// A restart reads the file.
-	clk.advance(5 * time.Minute)
+	clk.Advance(5 * time.Minute)
 	restarted := provisioned(t, &Greylist{StateFile: path}, clk)
-	c = newServer(t, restarted).dial("192.0.2.1:1002")
-	c.cmd("MAIL FROM:<a@client.test>", "250 ")
-	c.cmd("RCPT TO:<accepted@example.test>", "250 ")
-	c.cmd("RCPT TO:<waiting@example.test>", "250 ")
-	c.cmd("RCPT TO:<later@example.test>", "250 ")
-	c.cmd("RCPT TO:<new@example.test>", greylisted)
+	c = smtptest.Serve(t, restarted).Dial("192.0.2.1:1002")
+	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+	c.Cmd("RCPT TO:<accepted@example.test>", "250 ")
+	c.Cmd("RCPT TO:<waiting@example.test>", "250 ")
+	c.Cmd("RCPT TO:<later@example.test>", "250 ")
+	c.Cmd("RCPT TO:<new@example.test>", greylisted)
 }
 
 // TestBadStateFile: a state file that cannot be parsed is set aside and
@@ -230,7 +230,7 @@ func TestStatePersists(t *testing.T) {
 func TestBadStateFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "greylist.json")
 	os.WriteFile(path, []byte("{not json"), 0o600)
-	g := provisioned(t, &Greylist{StateFile: path}, newClock())
+	g := provisioned(t, &Greylist{StateFile: path}, smtptest.NewClock())
 	if n := g.store.len(); n != 0 {
 		t.Fatalf("%d entries from a bad file", n)
 	}
@@ -257,7 +257,7 @@ func TestProvisionErrors(t *testing.T) {
 		if tc.g.StateFile == "" {
 			tc.g.StateFile = filepath.Join(t.TempDir(), "g.json")
 		}
-		if err := provision(tc.g); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+		if err := smtptest.Provision(tc.g); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
 			t.Errorf("got error %v, want %q...", err, tc.want)
 			tc.g.Cleanup()
 		}
@@ -268,8 +268,8 @@ func TestProvisionErrors(t *testing.T) {
 // directory.
 func TestDefaultStateFile(t *testing.T) {
 	t.Setenv("XDG_DATA_HOME", t.TempDir())
-	g := &Greylist{now: newClock().Now}
-	if err := provision(g); err != nil {
+	g := &Greylist{now: smtptest.NewClock().Now}
+	if err := smtptest.Provision(g); err != nil {
 		t.Fatal(err)
 	}
 	g.Cleanup()

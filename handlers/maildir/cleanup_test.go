@@ -73,18 +73,18 @@ func TestProvisionCleansLeftovers(t *testing.T) {
 func TestCleanupSparesDeliveryInFlight(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "mail")
 	ts := startServer(t, provision(t, dir), session.Config{})
-	c := ts.dial()
-	c.cmd("MAIL FROM:<s@example.test>", "250")
-	c.cmd("RCPT TO:<a@example.test>", "250")
-	c.cmd("DATA", "354")
+	c := dial(ts)
+	c.Cmd("MAIL FROM:<s@example.test>", "250")
+	c.Cmd("RCPT TO:<a@example.test>", "250")
+	c.Cmd("DATA", "354")
 	first := "Subject: in flight\r\n\r\n" + strings.Repeat("line\r\n", 20000)
-	c.send(stuff(first))
+	c.Send(stuff(first))
 	waitFile(t, filepath.Join(dir, "tmp"))
 	provision(t, dir) // the "new configuration"
-	c.send(stuff("last\r\n") + ".\r\n")
-	c.expect("250 2.0.0 ")
-	c.cmd("QUIT", "221")
-	ts.stop()
+	c.Send(stuff("last\r\n") + ".\r\n")
+	c.Expect("250 2.0.0 ")
+	c.Cmd("QUIT", "221")
+	ts.Close()
 	if _, file := only(t, dir); string(body(t, file)) != first+"last\r\n" {
 		t.Errorf("delivered message differs (%d bytes)", len(file))
 	}
@@ -104,12 +104,12 @@ func TestPerRecipientCleansOnFirstUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	ts := startServer(t, m, session.Config{})
-	c := ts.dial()
-	if r := c.mail("Subject: x\r\n\r\nbody\r\n", "a@example.test"); !strings.HasPrefix(r, "250 ") {
+	c := dial(ts)
+	if r := mail(c, "Subject: x\r\n\r\nbody\r\n", "a@example.test"); !strings.HasPrefix(r, "250 ") {
 		t.Fatalf("got %q", r)
 	}
-	c.cmd("QUIT", "221")
-	ts.stop()
+	c.Cmd("QUIT", "221")
+	ts.Close()
 	only(t, dir) // checks tmp/ is empty too
 }
 
@@ -119,10 +119,10 @@ func TestFileNamePattern(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "mail")
 	m := provision(t, dir)
 	ts := startServer(t, m, session.Config{})
-	c := ts.dial()
-	c.mail("Subject: x\r\n\r\nbody\r\n", "a@example.test")
-	c.cmd("QUIT", "221")
-	ts.stop()
+	c := dial(ts)
+	mail(c, "Subject: x\r\n\r\nbody\r\n", "a@example.test")
+	c.Cmd("QUIT", "221")
+	ts.Close()
 	name, _ := only(t, dir)
 	match := m.leftover.FindStringSubmatch(name)
 	if match == nil || match[2] != fmt.Sprint(os.Getpid()) {

@@ -1,12 +1,10 @@
 package maildir
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"io/fs"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -20,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -42,138 +41,29 @@ func tryProvision(path string) (*Maildir, error) {
 	return m, m.Provision(ctx)
 }
 
-// testServer runs the engine with one sub-handler on loopback TCP.
-type testServer struct {
-	tb   testing.TB
-	srv  *session.Server
-	ln   net.Listener
-	wg   sync.WaitGroup
-	once sync.Once
-
-	mu      sync.Mutex
-	clients []net.Conn
-}
-
-func startServer(tb testing.TB, h any, cfg session.Config) *testServer {
+// startServer runs the engine with one sub-handler on loopback TCP.
+func startServer(tb testing.TB, h any, cfg session.Config) *smtptest.Server {
 	tb.Helper()
 	cfg.Hostname = "mx.example.test"
 	cfg.Handlers = []session.Handler{{Name: "maildir", Handler: h}}
-	srv, err := session.NewServer(cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ts := &testServer{tb: tb, srv: srv, ln: ln}
-	ts.wg.Add(1)
-	go func() {
-		defer ts.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			ts.wg.Add(1)
-			go func() {
-				defer ts.wg.Done()
-				defer c.Close()
-				if err := srv.Serve(context.Background(), c, session.ConnInfo{}); err != nil {
-					tb.Logf("serve: %v", err)
-				}
-			}()
-		}
-	}()
-	tb.Cleanup(ts.stop)
-	return ts
+	return smtptest.NewServer(tb, cfg)
 }
 
-// stop closes the listener and the test's client connections, then waits
-// until every session has ended (and so every Abort hook has run).
-func (ts *testServer) stop() {
-	ts.once.Do(func() { ts.ln.Close() })
-	ts.mu.Lock()
-	for _, c := range ts.clients {
-		c.Close()
-	}
-	ts.mu.Unlock()
-	ts.wg.Wait()
-}
-
-// client is a raw SMTP client with byte control.
-type client struct {
-	tb testing.TB
-	c  net.Conn
-	r  *bufio.Reader
-}
-
-func (ts *testServer) dial() *client {
-	ts.tb.Helper()
-	c, err := net.Dial("tcp", ts.ln.Addr().String())
-	if err != nil {
-		ts.tb.Fatal(err)
-	}
-	ts.mu.Lock()
-	ts.clients = append(ts.clients, c)
-	ts.mu.Unlock()
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-	cl := &client{tb: ts.tb, c: c, r: bufio.NewReader(c)}
-	cl.expect("220 ")
-	cl.cmd("EHLO client.example.test", "250")
-	return cl
-}
-
-func (c *client) send(s string) {
-	c.tb.Helper()
-	if _, err := c.c.Write([]byte(s)); err != nil {
-		c.tb.Fatalf("write: %v", err)
-	}
-}
-
-// reply reads one reply and returns its last line.
-func (c *client) reply() string {
-	c.tb.Helper()
-	for {
-		l, err := c.r.ReadString('\n')
-		if err != nil {
-			c.tb.Fatalf("reading reply: %v", err)
-		}
-		if len(l) < 6 || !strings.HasSuffix(l, "\r\n") {
-			c.tb.Fatalf("malformed reply line %q", l)
-		}
-		if l[3] == ' ' {
-			return strings.TrimSuffix(l, "\r\n")
-		}
-	}
-}
-
-func (c *client) expect(prefix string) string {
-	c.tb.Helper()
-	l := c.reply()
-	if !strings.HasPrefix(l, prefix) {
-		c.tb.Fatalf("got reply %q, want %q...", l, prefix)
-	}
-	return l
-}
-
-func (c *client) cmd(line, want string) string {
-	c.tb.Helper()
-	c.send(line + "\r\n")
-	return c.expect(want)
+// dial connects to ts, reads the greeting and says EHLO.
+func dial(ts *smtptest.Server) *smtptest.Client {
+	return ts.DialTCP().Hello("client.example.test")
 }
 
 // mail sends one message (CRLF line ends, ending in CRLF) to rcpts with
 // DATA, dot-stuffing it, and returns the final reply.
-func (c *client) mail(msg string, rcpts ...string) string {
-	c.tb.Helper()
-	c.cmd("MAIL FROM:<sender@example.test>", "250")
+func mail(c *smtptest.Client, msg string, rcpts ...string) string {
+	c.Cmd("MAIL FROM:<sender@example.test>", "250")
 	for _, r := range rcpts {
-		c.cmd("RCPT TO:<"+r+">", "250")
+		c.Cmd("RCPT TO:<"+r+">", "250")
 	}
-	c.cmd("DATA", "354")
-	c.send(stuff(msg) + ".\r\n")
-	return c.reply()
+	c.Cmd("DATA", "354")
+	c.Send(stuff(msg) + ".\r\n")
+	return c.ReadReply().Last()
 }
 
 // stuff dot-stuffs msg (RFC 5321 4.5.2).
@@ -298,12 +188,12 @@ func TestDeliverByteForByte(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "mail")
 			ts := startServer(t, provision(t, dir), session.Config{})
-			c := ts.dial()
-			if r := c.mail(msg, "rcpt@example.test"); !strings.HasPrefix(r, "250 2.0.0 ") {
+			c := dial(ts)
+			if r := mail(c, msg, "rcpt@example.test"); !strings.HasPrefix(r, "250 2.0.0 ") {
 				t.Fatalf("end of data: %q", r)
 			}
-			c.cmd("QUIT", "221")
-			ts.stop()
+			c.Cmd("QUIT", "221")
+			ts.Close()
 			fname, file := only(t, dir)
 			if got := body(t, file); !bytes.Equal(got, []byte(msg)) {
 				t.Errorf("delivered message differs\n got: %q\nwant: %q", got, msg)
@@ -329,20 +219,20 @@ func TestUniqueNamesParallel(t *testing.T) {
 	var wg sync.WaitGroup
 	for k := range conns {
 		wg.Go(func() {
-			c := ts.dial()
+			c := dial(ts)
 			for j := range perConn {
 				i := k*perConn + j
 				msg := fmt.Sprintf("Message-ID: <%d@example.test>\r\nSubject: %d\r\n\r\nmessage %d\r\n", i, i, i)
-				if r := c.mail(msg, "rcpt@example.test"); !strings.HasPrefix(r, "250 ") {
+				if r := mail(c, msg, "rcpt@example.test"); !strings.HasPrefix(r, "250 ") {
 					t.Errorf("message %d: %q", i, r)
 					return
 				}
 			}
-			c.cmd("QUIT", "221")
+			c.Cmd("QUIT", "221")
 		})
 	}
 	wg.Wait()
-	ts.stop()
+	ts.Close()
 	msgs := messages(t, dir)
 	if len(msgs) != conns*perConn {
 		t.Fatalf("%d files in new/, want %d", len(msgs), conns*perConn)
@@ -365,13 +255,13 @@ func TestPerRecipient(t *testing.T) {
 	if left := files(t, base); len(left) > 0 {
 		t.Fatalf("a per-recipient path created %q at provision time", left)
 	}
-	c := ts.dial()
+	c := dial(ts)
 	msg := "Subject: three\r\n\r\n.one\r\nbody\r\n"
-	if r := c.mail(msg, "a@one.test", "b@ONE.test", "c@two.test"); !strings.HasPrefix(r, "250 ") {
+	if r := mail(c, msg, "a@one.test", "b@ONE.test", "c@two.test"); !strings.HasPrefix(r, "250 ") {
 		t.Fatalf("end of data: %q", r)
 	}
-	c.cmd("QUIT", "221")
-	ts.stop()
+	c.Cmd("QUIT", "221")
+	ts.Close()
 	var first []byte
 	for _, d := range []string{"one.test/a", "one.test/b", "two.test/c"} {
 		_, file := only(t, filepath.Join(base, d))
@@ -393,11 +283,11 @@ func TestPerRecipientDistinctTargets(t *testing.T) {
 	// Two recipients that map to one Maildir get one file there.
 	base := t.TempDir()
 	ts := startServer(t, provision(t, filepath.Join(base, "{esmtp.rcpt.domain}")), session.Config{})
-	c := ts.dial()
-	if r := c.mail("Subject: x\r\n\r\nx\r\n", "a@one.test", "b@One.Test", "c@two.test"); !strings.HasPrefix(r, "250 ") {
+	c := dial(ts)
+	if r := mail(c, "Subject: x\r\n\r\nx\r\n", "a@one.test", "b@One.Test", "c@two.test"); !strings.HasPrefix(r, "250 ") {
 		t.Fatalf("end of data: %q", r)
 	}
-	ts.stop()
+	ts.Close()
 	only(t, filepath.Join(base, "one.test"))
 	only(t, filepath.Join(base, "two.test"))
 }
@@ -414,16 +304,16 @@ func TestPerRecipientAliasedTargets(t *testing.T) {
 		t.Skip("no symlinks:", err)
 	}
 	ts := startServer(t, provision(t, filepath.Join(base, "{esmtp.rcpt.domain}")), session.Config{})
-	c := ts.dial()
+	c := dial(ts)
 	msg := "Subject: alias\r\n\r\nbody\r\n"
-	if r := c.mail(msg, "a@one.test", "b@alias.test"); !strings.HasPrefix(r, "250 ") {
+	if r := mail(c, msg, "a@one.test", "b@alias.test"); !strings.HasPrefix(r, "250 ") {
 		t.Fatalf("end of data: %q", r)
 	}
-	if r := c.mail(msg, "b@alias.test", "a@one.test"); !strings.HasPrefix(r, "250 ") {
+	if r := mail(c, msg, "b@alias.test", "a@one.test"); !strings.HasPrefix(r, "250 ") {
 		t.Fatalf("end of data: %q", r)
 	}
-	c.cmd("QUIT", "221")
-	ts.stop()
+	c.Cmd("QUIT", "221")
+	ts.Close()
 	msgs := messages(t, filepath.Join(base, "one.test"))
 	if len(msgs) != 2 {
 		t.Fatalf("%d files in one.test/new, want 2", len(msgs))
@@ -447,7 +337,7 @@ func TestPerRecipientCannotEscape(t *testing.T) {
 			top := t.TempDir()
 			base := filepath.Join(top, "base")
 			ts := startServer(t, provision(t, filepath.Join(base, tmpl)), session.Config{})
-			c := ts.dial()
+			c := dial(ts)
 			rcpts := []string{
 				`"../../evil"@x.test`,
 				`"../../../evil"@x.test`,
@@ -461,10 +351,10 @@ func TestPerRecipientCannotEscape(t *testing.T) {
 				`""@x.test`,
 				`Postmaster`,
 			}
-			if r := c.mail("Subject: escape\r\n\r\nx\r\n", rcpts...); !strings.HasPrefix(r, "250 ") {
+			if r := mail(c, "Subject: escape\r\n\r\nx\r\n", rcpts...); !strings.HasPrefix(r, "250 ") {
 				t.Fatalf("end of data: %q", r)
 			}
-			ts.stop()
+			ts.Close()
 			if got := files(t, top); len(got) != 1 || got[0] != "base" {
 				t.Errorf("%s holds %q, want only base", top, got)
 			}
@@ -514,8 +404,8 @@ func TestWriteFailure(t *testing.T) {
 	if err := os.WriteFile(newDir, []byte("not a directory"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := ts.dial()
-	if r := c.mail("Subject: x\r\n\r\nbody\r\n", "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
+	c := dial(ts)
+	if r := mail(c, "Subject: x\r\n\r\nbody\r\n", "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
 		t.Fatalf("end of data with new/ a regular file: %q, want 451 4.3.0", r)
 	}
 	if left := files(t, filepath.Join(dir, "tmp")); len(left) > 0 {
@@ -531,11 +421,11 @@ func TestWriteFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	msg := "Subject: again\r\n\r\nbody\r\n"
-	if r := c.mail(msg, "rcpt@example.test"); !strings.HasPrefix(r, "250 ") {
+	if r := mail(c, msg, "rcpt@example.test"); !strings.HasPrefix(r, "250 ") {
 		t.Fatalf("end of data after repair: %q", r)
 	}
-	c.cmd("QUIT", "221")
-	ts.stop()
+	c.Cmd("QUIT", "221")
+	ts.Close()
 	if _, file := only(t, dir); string(body(t, file)) != msg {
 		t.Errorf("got %q", file)
 	}
@@ -548,12 +438,12 @@ func TestWriteFailurePathUnderFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	ts := startServer(t, provision(t, filepath.Join(file, "{esmtp.rcpt.local}")), session.Config{})
-	c := ts.dial()
-	if r := c.mail("Subject: x\r\n\r\nbody\r\n", "a@x.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
+	c := dial(ts)
+	if r := mail(c, "Subject: x\r\n\r\nbody\r\n", "a@x.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
 		t.Fatalf("end of data: %q, want 451 4.3.0", r)
 	}
-	c.cmd("QUIT", "221")
-	ts.stop()
+	c.Cmd("QUIT", "221")
+	ts.Close()
 	if got := files(t, top); len(got) != 1 {
 		t.Errorf("%s holds %q", top, got)
 	}
@@ -579,12 +469,12 @@ func TestWriteFailurePerRecipient(t *testing.T) {
 				t.Fatal(err)
 			}
 			ts := startServer(t, provision(t, filepath.Join(base, "{esmtp.rcpt.local}")), session.Config{})
-			c := ts.dial()
-			if r := c.mail("Subject: x\r\n\r\nbody\r\n", order[0]+"@x.test", order[1]+"@x.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
+			c := dial(ts)
+			if r := mail(c, "Subject: x\r\n\r\nbody\r\n", order[0]+"@x.test", order[1]+"@x.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
 				t.Fatalf("end of data: %q, want 451 4.3.0", r)
 			}
-			c.cmd("QUIT", "221")
-			ts.stop()
+			c.Cmd("QUIT", "221")
+			ts.Close()
 			assertEmpty(t, filepath.Join(base, "good"))
 			assertEmpty(t, filepath.Join(base, "bad"))
 		})
@@ -620,15 +510,15 @@ func TestRejectedLeavesNothing(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "mail")
 			ts := startServer(t, provision(t, dir), tc.cfg)
-			c := ts.dial()
-			c.cmd("MAIL FROM:<s@example.test>", "250")
-			c.cmd("RCPT TO:<r@example.test>", "250")
-			c.cmd("DATA", "354")
-			c.send(tc.data)
-			c.expect(tc.want)
+			c := dial(ts)
+			c.Cmd("MAIL FROM:<s@example.test>", "250")
+			c.Cmd("RCPT TO:<r@example.test>", "250")
+			c.Cmd("DATA", "354")
+			c.Send(tc.data)
+			c.Expect(tc.want)
 			assertEmpty(t, dir) // the reply came after the Abort hook
-			c.cmd("QUIT", "221")
-			ts.stop()
+			c.Cmd("QUIT", "221")
+			ts.Close()
 			assertEmpty(t, dir)
 		})
 	}
@@ -637,49 +527,49 @@ func TestRejectedLeavesNothing(t *testing.T) {
 func TestRsetLeavesNothing(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "mail")
 	ts := startServer(t, provision(t, dir), session.Config{})
-	c := ts.dial()
+	c := dial(ts)
 
 	// RSET after RCPT, before any data.
-	c.cmd("MAIL FROM:<s@example.test>", "250")
-	c.cmd("RCPT TO:<r@example.test>", "250")
-	c.cmd("RSET", "250")
+	c.Cmd("MAIL FROM:<s@example.test>", "250")
+	c.Cmd("RCPT TO:<r@example.test>", "250")
+	c.Cmd("RSET", "250")
 	assertEmpty(t, dir)
 
 	// RSET between BDAT chunks, with a temporary file open.
-	c.cmd("MAIL FROM:<s@example.test>", "250")
-	c.cmd("RCPT TO:<r@example.test>", "250")
+	c.Cmd("MAIL FROM:<s@example.test>", "250")
+	c.Cmd("RCPT TO:<r@example.test>", "250")
 	chunk := "Subject: x\r\n\r\nfirst chunk\r\n"
-	c.send(fmt.Sprintf("BDAT %d\r\n%s", len(chunk), chunk))
-	c.expect("250 ")
+	c.Send(fmt.Sprintf("BDAT %d\r\n%s", len(chunk), chunk))
+	c.Expect("250 ")
 	waitFile(t, filepath.Join(dir, "tmp"))
-	c.cmd("RSET", "250")
+	c.Cmd("RSET", "250")
 	assertEmpty(t, dir)
 
 	// A new EHLO in the middle of BDAT also ends the transaction.
-	c.cmd("MAIL FROM:<s@example.test>", "250")
-	c.cmd("RCPT TO:<r@example.test>", "250")
-	c.send(fmt.Sprintf("BDAT %d\r\n%s", len(chunk), chunk))
-	c.expect("250 ")
+	c.Cmd("MAIL FROM:<s@example.test>", "250")
+	c.Cmd("RCPT TO:<r@example.test>", "250")
+	c.Send(fmt.Sprintf("BDAT %d\r\n%s", len(chunk), chunk))
+	c.Expect("250 ")
 	waitFile(t, filepath.Join(dir, "tmp"))
-	c.cmd("EHLO again.example.test", "250")
+	c.Cmd("EHLO again.example.test", "250")
 	assertEmpty(t, dir)
 
 	// BDAT LAST delivers the chunks as one message.
-	c.cmd("MAIL FROM:<s@example.test>", "250")
-	c.cmd("RCPT TO:<r@example.test>", "250")
-	c.send(fmt.Sprintf("BDAT %d\r\n%s", len(chunk), chunk))
-	c.expect("250 ")
-	c.send("BDAT 7 LAST\r\nsecond\n")
-	c.expect("550 5.5.2 ") // a bare LF is refused in BDAT too
+	c.Cmd("MAIL FROM:<s@example.test>", "250")
+	c.Cmd("RCPT TO:<r@example.test>", "250")
+	c.Send(fmt.Sprintf("BDAT %d\r\n%s", len(chunk), chunk))
+	c.Expect("250 ")
+	c.Send("BDAT 7 LAST\r\nsecond\n")
+	c.Expect("550 5.5.2 ") // a bare LF is refused in BDAT too
 	assertEmpty(t, dir)
-	c.cmd("MAIL FROM:<s@example.test>", "250")
-	c.cmd("RCPT TO:<r@example.test>", "250")
-	c.send(fmt.Sprintf("BDAT %d\r\n%s", len(chunk), chunk))
-	c.expect("250 ")
-	c.send("BDAT 8 LAST\r\nsecond\r\n")
-	c.expect("250 2.0.0 ")
-	c.cmd("QUIT", "221")
-	ts.stop()
+	c.Cmd("MAIL FROM:<s@example.test>", "250")
+	c.Cmd("RCPT TO:<r@example.test>", "250")
+	c.Send(fmt.Sprintf("BDAT %d\r\n%s", len(chunk), chunk))
+	c.Expect("250 ")
+	c.Send("BDAT 8 LAST\r\nsecond\r\n")
+	c.Expect("250 2.0.0 ")
+	c.Cmd("QUIT", "221")
+	ts.Close()
 	if _, file := only(t, dir); string(body(t, file)) != chunk+"second\r\n" {
 		t.Errorf("got %q", file)
 	}
@@ -694,15 +584,15 @@ func TestDisconnectMidDataLeavesNothing(t *testing.T) {
 				path, dir = filepath.Join(base, "{esmtp.rcpt.local}"), filepath.Join(base, "a")
 			}
 			ts := startServer(t, provision(t, path), session.Config{})
-			c := ts.dial()
-			c.cmd("MAIL FROM:<s@example.test>", "250")
-			c.cmd("RCPT TO:<a@example.test>", "250")
-			c.cmd("RCPT TO:<b@example.test>", "250")
-			c.cmd("DATA", "354")
-			c.send("Subject: x\r\n\r\n" + strings.Repeat("partial line\r\n", 10000))
+			c := dial(ts)
+			c.Cmd("MAIL FROM:<s@example.test>", "250")
+			c.Cmd("RCPT TO:<a@example.test>", "250")
+			c.Cmd("RCPT TO:<b@example.test>", "250")
+			c.Cmd("DATA", "354")
+			c.Send("Subject: x\r\n\r\n" + strings.Repeat("partial line\r\n", 10000))
 			waitFile(t, filepath.Join(dir, "tmp"))
-			c.c.Close()
-			ts.stop()
+			c.Conn.Close()
+			ts.Close()
 			for _, d := range []string{"mail", "a", "b"} {
 				assertEmpty(t, filepath.Join(base, d))
 			}
@@ -776,7 +666,7 @@ func BenchmarkMaildirDeliver(b *testing.B) {
 	m := provision(b, filepath.Join(b.TempDir(), "mail"))
 	m.logger = zap.NewNop()
 	ts := startServer(b, m, session.Config{})
-	c := ts.dial()
+	c := dial(ts)
 	const size = 10 << 10
 	line := strings.Repeat("x", 78) + "\r\n"
 	msg := "Subject: bench\r\n\r\n"
@@ -789,13 +679,13 @@ func BenchmarkMaildirDeliver(b *testing.B) {
 	b.SetBytes(int64(len(msg)))
 	b.ResetTimer()
 	for b.Loop() {
-		c.send("MAIL FROM:<s@example.test>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n")
-		c.expect("250 ")
-		c.expect("250 ")
-		c.expect("354 ")
-		c.send(data)
-		c.expect("250 ")
+		c.Send("MAIL FROM:<s@example.test>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n")
+		c.Expect("250 ")
+		c.Expect("250 ")
+		c.Expect("354 ")
+		c.Send(data)
+		c.Expect("250 ")
 	}
 	b.StopTimer()
-	c.cmd("QUIT", "221")
+	c.Cmd("QUIT", "221")
 }

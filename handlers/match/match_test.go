@@ -1,13 +1,12 @@
 package match
 
 import (
-	"bufio"
 	"context"
-	"net"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -47,46 +46,17 @@ func run(t *testing.T, m *Match, remote string, from string, rcpts ...string) []
 	}
 	p := &probe{}
 	m.inner = []any{p}
-	srv, err := session.NewServer(session.Config{Handlers: []session.Handler{{Name: "match", Handler: m}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc, cc := net.Pipe()
-	addr, _ := net.ResolveTCPAddr("tcp", remote)
-	go func() { srv.Serve(context.Background(), sc, session.ConnInfo{RemoteAddr: addr}); sc.Close() }()
-	defer cc.Close()
-	r := bufio.NewReader(cc)
-	expect := func(code string) {
-		t.Helper()
-		for {
-			l, err := r.ReadString('\n')
-			if err != nil {
-				t.Fatal(err)
-			}
-			if l[3] == ' ' {
-				if !strings.HasPrefix(l, code) {
-					t.Fatalf("got %q, want %s", l, code)
-				}
-				return
-			}
-		}
-	}
-	send := func(l string) { cc.Write([]byte(l + "\r\n")) }
-	expect("220")
-	send("EHLO c.test")
-	expect("250")
-	send("MAIL FROM:<" + from + ">")
-	expect("250")
+	srv := smtptest.NewServer(t, session.Config{Handlers: []session.Handler{{Name: "match", Handler: m}}})
+	c := srv.PipeFrom(remote)
+	c.Expect("220")
+	c.Cmd("EHLO c.test", "250")
+	c.Cmd("MAIL FROM:<"+from+">", "250")
 	for _, rc := range rcpts {
-		send("RCPT TO:<" + rc + ">")
-		expect("250")
+		c.Cmd("RCPT TO:<"+rc+">", "250")
 	}
-	send("DATA")
-	expect("354")
-	send("Subject: x\r\n\r\nhi\r\n.")
-	expect("250")
-	send("QUIT")
-	expect("221")
+	c.Cmd("DATA", "354")
+	c.Cmd("Subject: x\r\n\r\nhi\r\n.", "250")
+	c.Cmd("QUIT", "221")
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.events

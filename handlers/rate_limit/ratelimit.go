@@ -48,6 +48,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -183,48 +184,11 @@ func (rl *RateLimit) Provision(ctx caddy.Context) error {
 		rl.MaxClients = DefaultMaxClients
 	}
 	var err error
-	if rl.IPv4Prefix, err = prefixLen("ipv4_prefix", rl.IPv4Prefix, DefaultIPv4Prefix, 32); err != nil {
-		return err
-	}
-	if rl.IPv6Prefix, err = prefixLen("ipv6_prefix", rl.IPv6Prefix, DefaultIPv6Prefix, 128); err != nil {
-		return err
-	}
-	if rl.exempt, err = parseNetworks(rl.Exempt); err != nil {
+	if rl.exempt, err = clientnet.Options("rate_limit", &rl.IPv4Prefix, &rl.IPv6Prefix, DefaultIPv4Prefix, DefaultIPv6Prefix, rl.Exempt); err != nil {
 		return err
 	}
 	rl.clients = map[string]*list.Element{}
 	return nil
-}
-
-// prefixLen checks a prefix length option; 0 takes the default.
-func prefixLen(name string, v, def, bits int) (int, error) {
-	switch {
-	case v == 0:
-		return def, nil
-	case v < 0 || v > bits:
-		return 0, fmt.Errorf("rate_limit: %s must be 1 to %d, got %d", name, bits, v)
-	}
-	return v, nil
-}
-
-// parseNetworks parses the exempt list: CIDR prefixes or addresses.
-func parseNetworks(in []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for i, s := range in {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			a, aerr := netip.ParseAddr(s)
-			if aerr != nil {
-				return nil, fmt.Errorf("rate_limit: exempt[%d]: %q is not a CIDR network or an IP address", i, s)
-			}
-			p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
-		}
-		if p.Addr().Is4In6() && p.Bits() >= 96 {
-			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-		}
-		out = append(out, p.Masked())
-	}
-	return out, nil
 }
 
 // Connect counts a connection of the client's address and refuses it with
@@ -271,41 +235,14 @@ func (rl *RateLimit) takeClient(s *session.Session, k kind, over *session.Reply)
 // addrKey is the key of a client address: its network as ipv4_prefix and
 // ipv6_prefix say. ok is false for an exempt address.
 func (rl *RateLimit) addrKey(a net.Addr) (key string, ok bool) {
-	ip := addrIP(a)
-	if !ip.IsValid() {
-		if a == nil {
-			return "addr:", true
-		}
-		return "addr:" + a.String(), true
+	network, isIP, ok := clientnet.Network(a, rl.exempt, rl.IPv4Prefix, rl.IPv6Prefix)
+	switch {
+	case !ok:
+		return "", false
+	case isIP:
+		return "ip:" + network, true
 	}
-	for _, p := range rl.exempt {
-		if p.Contains(ip) {
-			return "", false
-		}
-	}
-	bits := rl.IPv4Prefix
-	if ip.Is6() {
-		bits = rl.IPv6Prefix
-	}
-	p, _ := ip.Prefix(bits)
-	return "ip:" + p.String(), true
-}
-
-// addrIP is the IP of a client address (IPv4-mapped IPv6 as IPv4), or the
-// zero Addr.
-func addrIP(a net.Addr) netip.Addr {
-	switch t := a.(type) {
-	case *net.TCPAddr:
-		ip, _ := netip.AddrFromSlice(t.IP)
-		return ip.Unmap()
-	case nil:
-		return netip.Addr{}
-	}
-	if ap, err := netip.ParseAddrPort(a.String()); err == nil {
-		return ap.Addr().Unmap()
-	}
-	ip, _ := netip.ParseAddr(a.String())
-	return ip.Unmap()
+	return "addr:" + network, true
 }
 
 // take takes one token from the client's bucket of kind k, and returns
@@ -447,7 +384,7 @@ func (rl *RateLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(args) == 0 {
 				return d.ArgErr()
 			}
-			if _, err := parseNetworks(args); err != nil {
+			if _, err := clientnet.ParseNetworks("rate_limit", args); err != nil {
 				return d.Err(err.Error())
 			}
 			rl.Exempt = append(rl.Exempt, args...)

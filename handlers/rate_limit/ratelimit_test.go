@@ -8,16 +8,15 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"
 )
 
 // provisioned provisions rl with the clock c and fails the test on error.
-func provisioned(t testing.TB, rl *RateLimit, c *clock) *RateLimit {
+func provisioned(t testing.TB, rl *RateLimit, c *smtptest.Clock) *RateLimit {
 	t.Helper()
 	rl.now = c.Now
-	if err := provision(rl); err != nil {
-		t.Fatalf("provision: %v", err)
-	}
-	return rl
+	return smtptest.Provisioned(t, rl)
 }
 
 func limit(count int, window time.Duration) *Limit {
@@ -28,26 +27,27 @@ func limit(count int, window time.Duration) *Limit {
 // 4.7.0 and close; tokens come back at count per window; other clients
 // have their own buckets.
 func TestConnections(t *testing.T) {
-	clk := newClock()
-	srv := newServer(t, provisioned(t, &RateLimit{Connections: limit(2, time.Minute)}, clk))
-	srv.dial("192.0.2.1:1000")
-	srv.dial("192.0.2.1:1001")
-	c, g := srv.connect("192.0.2.1:1002")
+	clk := smtptest.NewClock()
+	srv := smtptest.Serve(t, provisioned(t, &RateLimit{Connections: limit(2, time.Minute)}, clk))
+	srv.Dial("192.0.2.1:1000")
+	srv.Dial("192.0.2.1:1001")
+	c := srv.PipeFrom("192.0.2.1:1002")
+	g := c.ReadReply().Last()
 	if g != "421 4.7.0 Too many connections from your address, try again later" {
 		t.Fatalf("third connection got %q", g)
 	}
-	c.closed()
-	srv.dial("192.0.2.2:1000") // another client
+	c.ExpectClosed()
+	srv.Dial("192.0.2.2:1000") // another client
 
-	clk.advance(30 * time.Second) // 2 per minute: one token back
-	srv.dial("192.0.2.1:1003")
-	if _, g := srv.connect("192.0.2.1:1004"); !strings.HasPrefix(g, "421 4.7.0") {
+	clk.Advance(30 * time.Second) // 2 per minute: one token back
+	srv.Dial("192.0.2.1:1003")
+	if g := srv.PipeFrom("192.0.2.1:1004").ReadReply().Last(); !strings.HasPrefix(g, "421 4.7.0") {
 		t.Fatalf("got %q, want 421 4.7.0", g)
 	}
-	clk.advance(time.Hour) // the bucket holds at most count
-	srv.dial("192.0.2.1:1005")
-	srv.dial("192.0.2.1:1006")
-	if _, g := srv.connect("192.0.2.1:1007"); !strings.HasPrefix(g, "421 4.7.0") {
+	clk.Advance(time.Hour) // the bucket holds at most count
+	srv.Dial("192.0.2.1:1005")
+	srv.Dial("192.0.2.1:1006")
+	if g := srv.PipeFrom("192.0.2.1:1007").ReadReply().Last(); !strings.HasPrefix(g, "421 4.7.0") {
 		t.Fatalf("got %q, want 421 4.7.0", g)
 	}
 }
@@ -55,89 +55,89 @@ func TestConnections(t *testing.T) {
 // TestMessagesAndRecipients: MAIL over the limit gets 451 4.7.1 and so
 // does RCPT; the session goes on.
 func TestMessagesAndRecipients(t *testing.T) {
-	clk := newClock()
-	srv := newServer(t, provisioned(t, &RateLimit{Messages: limit(2, time.Hour), Recipients: limit(3, time.Hour)}, clk))
-	c := srv.dial("192.0.2.1:1000")
-	c.cmd("MAIL FROM:<a@client.test>", "250 ")
-	c.cmd("RSET", "250 ")
-	c.cmd("MAIL FROM:<a@client.test>", "250 ")
-	c.cmd("RSET", "250 ")
-	c.cmd("MAIL FROM:<a@client.test>", "451 4.7.1 Too many messages, slow down and try again later")
-	c.cmd("NOOP", "250 ")
+	clk := smtptest.NewClock()
+	srv := smtptest.Serve(t, provisioned(t, &RateLimit{Messages: limit(2, time.Hour), Recipients: limit(3, time.Hour)}, clk))
+	c := srv.Dial("192.0.2.1:1000")
+	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+	c.Cmd("RSET", "250 ")
+	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+	c.Cmd("RSET", "250 ")
+	c.Cmd("MAIL FROM:<a@client.test>", "451 4.7.1 Too many messages, slow down and try again later")
+	c.Cmd("NOOP", "250 ")
 
 	// The limits count across sessions of the client.
-	c = srv.dial("192.0.2.1:1001")
-	c.cmd("MAIL FROM:<a@client.test>", "451 4.7.1")
-	clk.advance(30 * time.Minute) // one message back
-	c.cmd("MAIL FROM:<a@client.test>", "250 ")
+	c = srv.Dial("192.0.2.1:1001")
+	c.Cmd("MAIL FROM:<a@client.test>", "451 4.7.1")
+	clk.Advance(30 * time.Minute) // one message back
+	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
 	for i := 0; i < 3; i++ {
-		c.cmd("RCPT TO:<b@example.test>", "250 ")
+		c.Cmd("RCPT TO:<b@example.test>", "250 ")
 	}
-	c.cmd("RCPT TO:<b@example.test>", "451 4.7.1 Too many recipients, slow down and try again later")
-	c.cmd("DATA", "354 ")
-	c.cmd("Subject: x\r\n\r\nhi\r\n.", "250 ")
+	c.Cmd("RCPT TO:<b@example.test>", "451 4.7.1 Too many recipients, slow down and try again later")
+	c.Cmd("DATA", "354 ")
+	c.Cmd("Subject: x\r\n\r\nhi\r\n.", "250 ")
 
 	// Another client is not affected.
-	c = srv.dial("192.0.2.9:1000")
-	c.cmd("MAIL FROM:<a@client.test>", "250 ")
-	c.cmd("RCPT TO:<b@example.test>", "250 ")
+	c = srv.Dial("192.0.2.9:1000")
+	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+	c.Cmd("RCPT TO:<b@example.test>", "250 ")
 }
 
 // TestPerLogin: an authenticated client's messages are counted per login,
 // not per address.
 func TestPerLogin(t *testing.T) {
-	clk := newClock()
-	srv := newServer(t, loginAs{}, provisioned(t, &RateLimit{Messages: limit(1, time.Hour)}, clk))
-	alice := srv.dialHelo("192.0.2.1:1000", "alice.auth")
-	alice.cmd("MAIL FROM:<alice@example.test>", "250 ")
-	alice.cmd("RSET", "250 ")
-	alice.cmd("MAIL FROM:<alice@example.test>", "451 4.7.1")
+	clk := smtptest.NewClock()
+	srv := smtptest.Serve(t, smtptest.LoginAs{}, provisioned(t, &RateLimit{Messages: limit(1, time.Hour)}, clk))
+	alice := srv.DialHelo("192.0.2.1:1000", "alice.auth")
+	alice.Cmd("MAIL FROM:<alice@example.test>", "250 ")
+	alice.Cmd("RSET", "250 ")
+	alice.Cmd("MAIL FROM:<alice@example.test>", "451 4.7.1")
 	// The same address, unauthenticated or as another user: own buckets.
-	srv.dial("192.0.2.1:1001").cmd("MAIL FROM:<x@client.test>", "250 ")
-	srv.dialHelo("192.0.2.1:1002", "bob.auth").cmd("MAIL FROM:<bob@example.test>", "250 ")
+	srv.Dial("192.0.2.1:1001").Cmd("MAIL FROM:<x@client.test>", "250 ")
+	srv.DialHelo("192.0.2.1:1002", "bob.auth").Cmd("MAIL FROM:<bob@example.test>", "250 ")
 	// alice from another address: her bucket.
-	srv.dialHelo("198.51.100.7:1000", "alice.auth").cmd("MAIL FROM:<alice@example.test>", "451 4.7.1")
+	srv.DialHelo("198.51.100.7:1000", "alice.auth").Cmd("MAIL FROM:<alice@example.test>", "451 4.7.1")
 }
 
 // TestPrefixes: IPv6 clients are counted per /64 by default, IPv4 per
 // address; both are configurable.
 func TestPrefixes(t *testing.T) {
-	clk := newClock()
-	srv := newServer(t, provisioned(t, &RateLimit{Connections: limit(1, time.Hour)}, clk))
-	srv.dial("[2001:db8:1:2::1]:1000")
-	if _, g := srv.connect("[2001:db8:1:2:ffff:ffff:ffff:ffff]:1000"); !strings.HasPrefix(g, "421 4.7.0") {
+	clk := smtptest.NewClock()
+	srv := smtptest.Serve(t, provisioned(t, &RateLimit{Connections: limit(1, time.Hour)}, clk))
+	srv.Dial("[2001:db8:1:2::1]:1000")
+	if g := srv.PipeFrom("[2001:db8:1:2:ffff:ffff:ffff:ffff]:1000").ReadReply().Last(); !strings.HasPrefix(g, "421 4.7.0") {
 		t.Fatalf("same /64: got %q, want 421", g)
 	}
-	srv.dial("[2001:db8:1:3::1]:1000")
-	srv.dial("192.0.2.1:1000")
-	srv.dial("192.0.2.2:1000")
-	if _, g := srv.connect("[::ffff:192.0.2.2]:1000"); !strings.HasPrefix(g, "421 4.7.0") {
+	srv.Dial("[2001:db8:1:3::1]:1000")
+	srv.Dial("192.0.2.1:1000")
+	srv.Dial("192.0.2.2:1000")
+	if g := srv.PipeFrom("[::ffff:192.0.2.2]:1000").ReadReply().Last(); !strings.HasPrefix(g, "421 4.7.0") {
 		t.Fatalf("IPv4-mapped address: got %q, want 421 (the same client as 192.0.2.2)", g)
 	}
 
-	srv = newServer(t, provisioned(t, &RateLimit{Connections: limit(1, time.Hour), IPv4Prefix: 24, IPv6Prefix: 128}, clk))
-	srv.dial("[2001:db8:1:2::1]:1000")
-	srv.dial("[2001:db8:1:2::2]:1000")
-	srv.dial("192.0.2.1:1000")
-	if _, g := srv.connect("192.0.2.200:1000"); !strings.HasPrefix(g, "421 4.7.0") {
+	srv = smtptest.Serve(t, provisioned(t, &RateLimit{Connections: limit(1, time.Hour), IPv4Prefix: 24, IPv6Prefix: 128}, clk))
+	srv.Dial("[2001:db8:1:2::1]:1000")
+	srv.Dial("[2001:db8:1:2::2]:1000")
+	srv.Dial("192.0.2.1:1000")
+	if g := srv.PipeFrom("192.0.2.200:1000").ReadReply().Last(); !strings.HasPrefix(g, "421 4.7.0") {
 		t.Fatalf("same /24: got %q, want 421", g)
 	}
 }
 
 // TestExempt: exempt networks are never limited.
 func TestExempt(t *testing.T) {
-	clk := newClock()
-	srv := newServer(t, loginAs{}, provisioned(t, &RateLimit{Connections: limit(1, time.Hour), Messages: limit(1, time.Hour),
+	clk := smtptest.NewClock()
+	srv := smtptest.Serve(t, smtptest.LoginAs{}, provisioned(t, &RateLimit{Connections: limit(1, time.Hour), Messages: limit(1, time.Hour),
 		Exempt: []string{"10.0.0.0/8", "2001:db8::5"}}, clk))
 	for i := 0; i < 3; i++ {
-		c := srv.dialHelo("10.1.2.3:1000", "alice.auth")
-		c.cmd("MAIL FROM:<a@client.test>", "250 ")
-		c.cmd("RSET", "250 ")
-		c.cmd("MAIL FROM:<a@client.test>", "250 ")
-		srv.dial("[2001:db8::5]:1000")
+		c := srv.DialHelo("10.1.2.3:1000", "alice.auth")
+		c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+		c.Cmd("RSET", "250 ")
+		c.Cmd("MAIL FROM:<a@client.test>", "250 ")
+		srv.Dial("[2001:db8::5]:1000")
 	}
-	srv.dial("[2001:db8::6]:1000")
-	if _, g := srv.connect("[2001:db8::7]:1000"); !strings.HasPrefix(g, "421 4.7.0") {
+	srv.Dial("[2001:db8::6]:1000")
+	if g := srv.PipeFrom("[2001:db8::7]:1000").ReadReply().Last(); !strings.HasPrefix(g, "421 4.7.0") {
 		t.Fatalf("got %q, want 421: only 2001:db8::5 is exempt", g)
 	}
 }
@@ -146,28 +146,28 @@ func TestExempt(t *testing.T) {
 // seen is forgotten), and clients idle for the longest window are
 // forgotten.
 func TestBoundedMemory(t *testing.T) {
-	clk := newClock()
+	clk := smtptest.NewClock()
 	rl := provisioned(t, &RateLimit{Connections: limit(1, time.Minute), Messages: limit(10, time.Hour), MaxClients: 3}, clk)
-	srv := newServer(t, rl)
-	srv.dial("192.0.2.1:1000")
-	if _, g := srv.connect("192.0.2.1:1001"); !strings.HasPrefix(g, "421 4.7.0") {
+	srv := smtptest.Serve(t, rl)
+	srv.Dial("192.0.2.1:1000")
+	if g := srv.PipeFrom("192.0.2.1:1001").ReadReply().Last(); !strings.HasPrefix(g, "421 4.7.0") {
 		t.Fatalf("got %q, want 421", g)
 	}
-	srv.dial("192.0.2.2:1000")
-	srv.dial("192.0.2.3:1000")
-	srv.dial("192.0.2.4:1000") // forgets 192.0.2.1
+	srv.Dial("192.0.2.2:1000")
+	srv.Dial("192.0.2.3:1000")
+	srv.Dial("192.0.2.4:1000") // forgets 192.0.2.1
 	if n := rl.tracked(); n != 3 {
 		t.Fatalf("%d clients tracked, want max_clients 3", n)
 	}
-	srv.dial("192.0.2.1:1002") // forgotten, so a fresh bucket
+	srv.Dial("192.0.2.1:1002") // forgotten, so a fresh bucket
 
-	clk.advance(59 * time.Minute) // idle, but not for the longest window (1h)
-	srv.dial("192.0.2.9:1000")
+	clk.Advance(59 * time.Minute) // idle, but not for the longest window (1h)
+	srv.Dial("192.0.2.9:1000")
 	if n := rl.tracked(); n != 3 {
 		t.Fatalf("%d clients tracked, want 3", n)
 	}
-	clk.advance(time.Hour)
-	srv.dial("192.0.2.10:1000")
+	clk.Advance(time.Hour)
+	srv.Dial("192.0.2.10:1000")
 	if n := rl.tracked(); n != 1 {
 		t.Fatalf("%d clients tracked after an idle hour, want 1", n)
 	}
@@ -186,7 +186,7 @@ func TestProvisionErrors(t *testing.T) {
 		{&RateLimit{Connections: limit(5, time.Hour), IPv4Prefix: 33}, "rate_limit: ipv4_prefix must be 1 to 32"},
 		{&RateLimit{Connections: limit(5, time.Hour), Exempt: []string{"10.0.0.0/8", "nope"}}, `rate_limit: exempt[1]: "nope"`},
 	} {
-		if err := provision(tc.rl); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+		if err := smtptest.Provision(tc.rl); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
 			t.Errorf("got error %v, want %q...", err, tc.want)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -117,7 +118,7 @@ func TestProvisionErrors(t *testing.T) {
 		{&Recipients{Allow: []string{"ok.test"}, Files: []string{missing}}, "recipients: files[0]: open " + missing},
 		{&Recipients{Files: []string{""}}, "recipients: files[0]: empty path"},
 	} {
-		err := provision(tc.r)
+		err := smtptest.Provision(tc.r)
 		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
 			t.Errorf("%+v: got error %v, want %q...", tc.r, err, tc.want)
 		}
@@ -130,17 +131,17 @@ func TestProvisionErrors(t *testing.T) {
 func TestRcpt(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "rcpts")
 	os.WriteFile(file, []byte("fromfile@x.test\n"), 0o644)
-	r := provisioned(t, &Recipients{Allow: []string{"example.test", "*@other.test", "user@x.test", "*.sub.test"}, Files: []string{file}})
+	r := smtptest.Provisioned(t, &Recipients{Allow: []string{"example.test", "*@other.test", "user@x.test", "*.sub.test"}, Files: []string{file}})
 	// The next sub-handler refuses "later@": a listed recipient is no
 	// opinion, not an acceptance that skips the rest.
-	next := rcptFunc(func(to session.Path) *session.Reply {
+	next := smtptest.RcptFunc(func(to session.Path) *session.Reply {
 		if strings.HasPrefix(to.Mailbox, "later@") {
 			return session.NewReply(450, "4.2.1", "Try later")
 		}
 		return nil
 	})
-	c := dial(t, serve(t, r, next))
-	c.cmd("MAIL FROM:<a@client.test>", "250 ")
+	c := smtptest.Serve(t, r, next).DialTCP().Hello(smtptest.Helo)
+	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
 	for _, tc := range []struct{ rcpt, want string }{
 		{"<anyone@example.test>", "250 2.1.5"},
 		{"<Anyone@EXAMPLE.test>", "250 2.1.5"},
@@ -163,7 +164,7 @@ func TestRcpt(t *testing.T) {
 		{"<later@example.test>", "450 4.2.1 Try later"},
 		{"<nobody@[192.0.2.1]>", "554 5.7.1 Relay access denied"},
 	} {
-		c.cmd("RCPT TO:"+tc.rcpt, tc.want)
+		c.Cmd("RCPT TO:"+tc.rcpt, tc.want)
 	}
 }
 
@@ -209,9 +210,9 @@ func TestCaddyfile(t *testing.T) {
 func TestProvisionRereadsFiles(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "rcpts")
 	os.WriteFile(file, []byte("alice@x.test\n"), 0o644)
-	first := provisioned(t, &Recipients{Files: []string{file}})
+	first := smtptest.Provisioned(t, &Recipients{Files: []string{file}})
 	os.WriteFile(file, []byte("bob@x.test\n"), 0o644)
-	second := provisioned(t, &Recipients{Files: []string{file}})
+	second := smtptest.Provisioned(t, &Recipients{Files: []string{file}})
 	if !first.list.Match("alice", "x.test") || first.list.Match("bob", "x.test") {
 		t.Error("the first instance changed after the file did")
 	}

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"
 )
 
 // step is one exchange: send (nothing when empty), then want the reply
@@ -14,21 +16,22 @@ import (
 type step struct{ send, want string }
 
 // run checks the greeting and then the steps.
-func run(t *testing.T, addr, greeting string, steps []step) {
+func run(t *testing.T, srv *smtptest.Server, greeting string, steps []step) {
 	t.Helper()
-	c, g := dial(t, addr)
+	c := srv.DialTCP()
+	g := c.ReadReply().String()
 	if !matches(g, greeting) {
 		t.Fatalf("greeting %q, want %q", g, greeting)
 	}
 	for _, s := range steps {
 		if s.send != "" {
-			c.send(s.send + "\r\n")
+			c.Send(s.send + "\r\n")
 		}
 		if s.want == "closed" {
-			c.closed()
+			c.ExpectClosed()
 			continue
 		}
-		if got := c.reply(); !matches(got, s.want) {
+		if got := c.ReadReply().String(); !matches(got, s.want) {
 			t.Fatalf("after %q: got %q, want %q", s.send, got, s.want)
 		}
 	}
@@ -113,7 +116,7 @@ func TestEvents(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := tc.r
-			run(t, serve(t, provisioned(t, &r)), tc.greeting, tc.steps)
+			run(t, smtptest.Serve(t, smtptest.Provisioned(t, &r)), tc.greeting, tc.steps)
 		})
 	}
 }
@@ -121,10 +124,10 @@ func TestEvents(t *testing.T) {
 // TestSeveral: one reply sub-handler per event, each answering only its
 // own, the first in order winning.
 func TestSeveral(t *testing.T) {
-	help := provisioned(t, &Reply{Event: "help", Code: 214, Lines: []string{"first"}})
-	help2 := provisioned(t, &Reply{Event: "help", Code: 214, Lines: []string{"second"}})
-	vrfy := provisioned(t, &Reply{Event: "vrfy", Code: 550, Enhanced: "5.1.1", Lines: []string{"No"}})
-	run(t, serve(t, help, vrfy, help2), "220 mx.example.test", []step{
+	help := smtptest.Provisioned(t, &Reply{Event: "help", Code: 214, Lines: []string{"first"}})
+	help2 := smtptest.Provisioned(t, &Reply{Event: "help", Code: 214, Lines: []string{"second"}})
+	vrfy := smtptest.Provisioned(t, &Reply{Event: "vrfy", Code: 550, Enhanced: "5.1.1", Lines: []string{"No"}})
+	run(t, smtptest.Serve(t, help, vrfy, help2), "220 mx.example.test", []step{
 		{"HELP", "214 2.0.0 first$"},
 		{"VRFY x", "550 5.1.1 No$"},
 		{"EXPN x", "502 5.5.1"},
@@ -165,7 +168,7 @@ func TestValidate(t *testing.T) {
 		{Reply{Event: "data", Code: 354, Close: true}, "reply: close: a 354 reply to data cannot"},
 	} {
 		r := tc.r
-		err := provision(&r)
+		err := smtptest.Provision(&r)
 		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
 			t.Errorf("%+v: got error %v, want %q...", tc.r, err, tc.want)
 		}
@@ -180,7 +183,7 @@ func TestValidate(t *testing.T) {
 		{Event: "vrfy", Code: 252, Enhanced: "2.1.5", Lines: []string{strings.Repeat("x", 400), ""}},
 	} {
 		r := ok
-		if err := provision(&r); err != nil {
+		if err := smtptest.Provision(&r); err != nil {
 			t.Errorf("%+v: %v", ok, err)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -17,14 +18,14 @@ import (
 func TestMail(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "senders")
 	os.WriteFile(file, []byte("# partners\nfromfile@partner.test\n"), 0o644)
-	s := provisioned(t, &Senders{Allow: []string{"example.test", "boss@*.corp.test", "*.sub.test"}, Files: []string{file}})
-	next := mailFunc(func(from session.Path) *session.Reply {
+	s := smtptest.Provisioned(t, &Senders{Allow: []string{"example.test", "boss@*.corp.test", "*.sub.test"}, Files: []string{file}})
+	next := smtptest.MailFunc(func(from session.Path) *session.Reply {
 		if strings.HasPrefix(from.Mailbox, "later@") {
 			return session.NewReply(451, "4.7.1", "Try later")
 		}
 		return nil
 	})
-	c := dial(t, serve(t, s, next))
+	c := smtptest.Serve(t, s, next).DialTCP().Hello(smtptest.Helo)
 	for _, tc := range []struct{ from, want string }{
 		{"<a@example.test>", "250 2.1.0"},
 		{"<A@EXAMPLE.TEST>", "250 2.1.0"},
@@ -39,17 +40,17 @@ func TestMail(t *testing.T) {
 		{"<x@sub.test>", "550 5.7.1 Sender not allowed"},
 		{"<later@example.test>", "451 4.7.1 Try later"},
 	} {
-		got := c.cmd("MAIL FROM:"+tc.from, tc.want)
+		got := c.Cmd("MAIL FROM:"+tc.from, tc.want)
 		if strings.HasPrefix(got, "250") {
-			c.cmd("RSET", "250 ")
+			c.Cmd("RSET", "250 ")
 		}
 	}
 
-	strict := provisioned(t, &Senders{Allow: []string{"example.test"}, RejectNullSender: true})
-	c = dial(t, serve(t, strict))
-	c.cmd("MAIL FROM:<>", "550 5.7.1 Sender not allowed")
-	c.cmd("MAIL FROM:<a@example.test>", "250 2.1.0")
-	c.cmd("RCPT TO:<b@example.test>", "250 2.1.5")
+	strict := smtptest.Provisioned(t, &Senders{Allow: []string{"example.test"}, RejectNullSender: true})
+	c = smtptest.Serve(t, strict).DialTCP().Hello(smtptest.Helo)
+	c.Cmd("MAIL FROM:<>", "550 5.7.1 Sender not allowed")
+	c.Cmd("MAIL FROM:<a@example.test>", "250 2.1.0")
+	c.Cmd("RCPT TO:<b@example.test>", "250 2.1.5")
 }
 
 func TestProvisionErrors(t *testing.T) {
@@ -62,7 +63,7 @@ func TestProvisionErrors(t *testing.T) {
 		{&Senders{Allow: []string{"*"}}, "senders: allow[0]:"},
 		{&Senders{Files: []string{missing}}, "senders: files[0]: open " + missing},
 	} {
-		err := provision(tc.s)
+		err := smtptest.Provision(tc.s)
 		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
 			t.Errorf("%+v: got error %v, want %q...", tc.s, err, tc.want)
 		}
