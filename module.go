@@ -28,6 +28,7 @@ import (
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/auth"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/discard"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/dnsbl"
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/exec"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/greylist"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/maildir"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/match"
@@ -35,6 +36,7 @@ import (
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/recipients"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/reply"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/senders"
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/webhook"
 )
 
 func init() {

@@ -1,0 +1,440 @@
+// Package exec is the sub-handler esmtp.handlers.exec: it delivers each
+// accepted message by piping it to a command's standard input, and answers
+// 250 only once the command has exited with status 0.
+//
+// The message is spooled to a temporary file while it arrives (never held
+// in memory); at end of message the command runs with that file as its
+// standard input: the message as received, our Received: field first, CRLF
+// line ends, not dot-stuffed. The command is run directly (os/exec), never
+// through a shell, with arguments from the configuration in which the
+// {esmtp.*} placeholders of package placeholders are replaced:
+//
+//	{esmtp.from}         the sender's address; "" for the null sender <>
+//	{esmtp.rcpt}         a recipient's address (see below), with
+//	{esmtp.rcpt.local}   its local part and
+//	{esmtp.rcpt.domain}  its domain, lower-cased
+//	{esmtp.queue_id}     the queue id, as in the 250 reply and the logs
+//	{esmtp.remote_ip}    the client's IP address ({esmtp.remote}: with port)
+//	{esmtp.helo}         the name the client gave in HELO/EHLO
+//	{esmtp.auth_user}    the authenticated login, or "" ({esmtp.auth} too)
+//	{esmtp.tls}          "true" or "false"
+//	{esmtp.session_id}   the session id, as in the logs
+//
+// An argument that contains a {esmtp.rcpt...} placeholder is repeated once
+// per recipient: "{esmtp.rcpt}" alone gives one argument per recipient,
+// "--to={esmtp.rcpt}" one --to= per recipient. Values are put in as they
+// are, in one pass (a value that looks like a placeholder stays as it is).
+// Caddy's global placeholders such as {env.NAME} work too. Envelope values
+// come from the client: an address may start with "-", so put "--" before
+// them where the command takes options.
+//
+// Exit status 0 accepts the message (nil: later sub-handlers are asked
+// too); 75 (EX_TEMPFAIL, sysexits.h) answers 451 4.3.0; any other status
+// answers 554 5.3.0 "Rejected by <command name>". A command killed by a
+// signal, killed at the timeout, or that cannot be started answers
+// 451 4.3.0, so the client tries again later. The first 4 KiB of its
+// standard error go into the message's log line ("exec_stderr"); its
+// standard output is discarded. It inherits Caddy's environment and
+// working directory.
+//
+// The temporary file is unlinked as soon as it is created (where the
+// system allows it), so even a crash leaves nothing behind; it is closed
+// once the command has exited and when a transaction is aborted.
+package exec
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	osexec "os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
+
+	"github.com/caddy-esmtp/caddy-esmtp/placeholders"
+	"github.com/caddy-esmtp/caddy-esmtp/session"
+)
+
+func init() {
+	caddy.RegisterModule(&Exec{})
+}
+
+// Exec delivers messages to a command's standard input.
+type Exec struct {
+	// Command is the program to run: a path, or a name looked up in PATH
+	// when the config loads.
+	Command string `json:"command,omitempty"`
+	// Args are the command's arguments, with the {esmtp.*} placeholders
+	// (see the package documentation); an argument with {esmtp.rcpt},
+	// {esmtp.rcpt.local} or {esmtp.rcpt.domain} is repeated once per
+	// recipient.
+	Args []string `json:"args,omitempty"`
+	// Timeout bounds one run of the command; then it is killed (with its
+	// process group, on Unix) and the client gets 451 4.3.0. It is also
+	// cut to fit the engine's handler_timeout. Default: 60s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+	// TempDir is the directory for the spool files. Default: the system's
+	// temporary directory.
+	TempDir string `json:"temp_dir,omitempty"`
+
+	path    string // Command, looked up
+	name    string // its base name, for replies
+	perRcpt []bool // Args[i] contains a {esmtp.rcpt...} placeholder
+	logger  *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Exec) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "esmtp.handlers.exec",
+		New: func() caddy.Module { return new(Exec) },
+	}
+}
+
+// Defaults and limits.
+const (
+	defaultTimeout = 60 * time.Second
+	maxStderr      = 4 << 10
+	exTempFail     = 75 // sysexits.h EX_TEMPFAIL
+)
+
+// placeholders are the envelope placeholders the arguments may use.
+var known = map[string]bool{
+	"esmtp.remote": true, "esmtp.remote_ip": true, "esmtp.helo": true,
+	"esmtp.tls": true, "esmtp.auth_user": true, "esmtp.auth": true,
+	"esmtp.session_id": true, "esmtp.queue_id": true, "esmtp.from": true,
+	"esmtp.rcpt": true, "esmtp.rcpt.local": true, "esmtp.rcpt.domain": true,
+}
+
+var placeholderRE = regexp.MustCompile(`\{(esmtp\.[^{}]*)\}`)
+
+// Provision looks the command up and checks the arguments.
+func (e *Exec) Provision(ctx caddy.Context) error {
+	e.logger = ctx.Logger()
+	if e.Command == "" {
+		return errors.New("exec: command is required")
+	}
+	path, err := osexec.LookPath(e.Command)
+	if err != nil {
+		return fmt.Errorf("exec: command: %v", err)
+	}
+	e.path = path
+	e.name = filepath.Base(e.Command)
+	e.perRcpt = make([]bool, len(e.Args))
+	for i, a := range e.Args {
+		for _, m := range placeholderRE.FindAllStringSubmatch(a, -1) {
+			if !known[m[1]] {
+				return fmt.Errorf("exec: args[%d]: unknown placeholder {%s} (known: {esmtp.from}, {esmtp.rcpt}, {esmtp.rcpt.local}, {esmtp.rcpt.domain}, {esmtp.queue_id}, {esmtp.remote_ip}, {esmtp.remote}, {esmtp.helo}, {esmtp.auth_user}, {esmtp.tls}, {esmtp.session_id})", i, m[1])
+			}
+			if strings.HasPrefix(m[1], "esmtp.rcpt") {
+				e.perRcpt[i] = true
+			}
+		}
+	}
+	if e.Timeout < 0 {
+		return fmt.Errorf("exec: timeout: must be positive, got %s", time.Duration(e.Timeout))
+	}
+	if e.Timeout == 0 {
+		e.Timeout = caddy.Duration(defaultTimeout)
+	}
+	if e.TempDir != "" {
+		if fi, err := os.Stat(e.TempDir); err != nil || !fi.IsDir() {
+			return fmt.Errorf("exec: temp_dir: %q is not a directory", e.TempDir)
+		}
+	}
+	return nil
+}
+
+// spoolKey keys a spool by its Exec instance, so two exec sub-handlers in
+// one list never share one.
+type spoolKey struct{ e *Exec }
+
+func (e *Exec) spool(s *session.Session) *spool {
+	sp, _ := s.Transaction().Value(spoolKey{e}).(*spool)
+	return sp
+}
+
+// errSpool is the reply when the spool file cannot be written.
+var errSpool = session.NewReply(451, "4.3.0", "Local error in processing; try again later")
+
+// Header starts the spool on the first field (the Received: field) and
+// writes each field as received.
+func (e *Exec) Header(_ context.Context, s *session.Session, h session.HeaderField) error {
+	sp := e.spool(s)
+	if sp == nil {
+		var err error
+		if sp, err = newSpool(e.TempDir); err != nil {
+			e.logger.Error("creating the spool file", zap.String("queue_id", s.Transaction().ID), zap.String("dir", e.TempDir), zap.Error(err))
+			return errSpool
+		}
+		s.Transaction().SetValue(spoolKey{e}, sp)
+	}
+	return e.write(s, sp, h.Raw)
+}
+
+// EndOfHeaders writes the blank line that ended the header section.
+func (e *Exec) EndOfHeaders(_ context.Context, s *session.Session, raw []byte) error {
+	if sp := e.spool(s); sp != nil {
+		return e.write(s, sp, raw)
+	}
+	return nil
+}
+
+// Body writes a body chunk.
+func (e *Exec) Body(_ context.Context, s *session.Session, chunk []byte) error {
+	if sp := e.spool(s); sp != nil {
+		return e.write(s, sp, chunk)
+	}
+	return nil
+}
+
+func (e *Exec) write(s *session.Session, sp *spool, p []byte) error {
+	if _, err := sp.w.Write(p); err != nil {
+		e.logger.Error("writing the spool file", zap.String("queue_id", s.Transaction().ID), zap.Error(err))
+		return errSpool
+	}
+	return nil
+}
+
+// EndOfMessage runs the command with the message as its standard input;
+// it returns nil when the command exits with status 0, so later
+// sub-handlers are asked too.
+func (e *Exec) EndOfMessage(ctx context.Context, s *session.Session) (*session.Reply, error) {
+	txn := s.Transaction()
+	sp := e.spool(s)
+	if sp == nil {
+		return nil, errors.New("exec: no message data was streamed")
+	}
+	txn.SetValue(spoolKey{e}, nil)
+	defer sp.close()
+	if err := sp.rewind(); err != nil {
+		e.logger.Error("writing the spool file", zap.String("queue_id", txn.ID), zap.Error(err))
+		return errSpool, nil
+	}
+	res := e.run(ctx, s, sp.f)
+	if res.exit >= 0 {
+		txn.AddLogField(zap.Int("exec_exit", res.exit))
+	}
+	if len(res.stderr) > 0 {
+		txn.AddLogField(zap.ByteString("exec_stderr", res.stderr))
+	}
+	if res.err != nil {
+		txn.AddLogField(zap.String("exec_error", res.err.Error()))
+	}
+	switch {
+	case res.err == nil && res.exit == 0:
+		return nil, nil
+	case res.err == nil && res.exit != exTempFail:
+		e.logger.Warn("message rejected by command", zap.String("queue_id", txn.ID), zap.String("command", e.path),
+			zap.Int("exit", res.exit), zap.ByteString("stderr", res.stderr))
+		return session.NewReply(554, "5.3.0", "Rejected by "+e.name), nil
+	default:
+		e.logger.Error("delivery to command failed", zap.String("queue_id", txn.ID), zap.String("command", e.path),
+			zap.Int("exit", res.exit), zap.ByteString("stderr", res.stderr), zap.Error(res.err))
+		return session.NewReply(451, "4.3.0", "Delivery failed; try again later"), nil
+	}
+}
+
+// Abort closes the spool of a transaction that ended without delivery.
+func (e *Exec) Abort(s *session.Session, _ error) {
+	if txn := s.Transaction(); txn != nil {
+		if sp := e.spool(s); sp != nil {
+			sp.close()
+			txn.SetValue(spoolKey{e}, nil)
+		}
+	}
+}
+
+// result is the outcome of one run.
+type result struct {
+	exit   int    // the exit status; -1 when there is none
+	stderr []byte // the start of its standard error
+	err    error  // not started, killed by a signal or at the timeout
+}
+
+// run runs the command with stdin as its standard input.
+func (e *Exec) run(ctx context.Context, s *session.Session, stdin *os.File) result {
+	timeout := time.Duration(e.Timeout)
+	if dl, ok := ctx.Deadline(); ok {
+		// Keep a little time to answer before the engine's
+		// handler_timeout fails the hook on its own.
+		left := time.Until(dl)
+		timeout = min(timeout, left-min(left/10, time.Second))
+	}
+	if timeout <= 0 {
+		return result{exit: -1, err: context.DeadlineExceeded}
+	}
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := osexec.CommandContext(rctx, e.path, e.args(s)...)
+	cmd.Args[0] = e.Command
+	cmd.Stdin = stdin
+	var stderr limitedBuffer
+	cmd.Stderr = &stderr
+	ownGroup(cmd)
+	// Children that escaped the kill and keep stderr open are waited for
+	// only this long.
+	cmd.WaitDelay = 500 * time.Millisecond
+	err := cmd.Run()
+	res := result{exit: -1, stderr: stderr.buf}
+	if cmd.ProcessState == nil { // never started
+		res.err = err
+		return res
+	}
+	res.exit = cmd.ProcessState.ExitCode()
+	switch {
+	case res.exit == -1 && rctx.Err() != nil:
+		// Killed at the timeout (or the client went away).
+		res.err = fmt.Errorf("killed after %s: %w", timeout.Round(time.Millisecond), rctx.Err())
+	case res.exit == -1:
+		res.err = fmt.Errorf("%s", cmd.ProcessState) // "signal: killed"
+	case errors.Is(err, osexec.ErrWaitDelay):
+		// It exited; something it started kept stderr open. The exit
+		// status stands.
+		e.logger.Warn("command left a process holding its stderr open", zap.String("queue_id", s.Transaction().ID), zap.String("command", e.path))
+	}
+	return res
+}
+
+// args returns the arguments with the placeholders replaced, in one pass.
+func (e *Exec) args(s *session.Session) []string {
+	txn := s.Transaction()
+	repl := placeholders.New(s)
+	repl.Set("esmtp.auth", s.AuthUser())
+	out := make([]string, 0, len(e.Args)+len(txn.Recipients))
+	for i, a := range e.Args {
+		if !e.perRcpt[i] {
+			out = append(out, repl.ReplaceKnown(a, ""))
+			continue
+		}
+		for _, rc := range txn.Recipients {
+			placeholders.WithRecipient(repl, rc.Path)
+			out = append(out, repl.ReplaceKnown(a, ""))
+		}
+	}
+	return out
+}
+
+// limitedBuffer keeps the first maxStderr bytes written to it and drops
+// the rest, so the command never blocks on a full pipe.
+type limitedBuffer struct{ buf []byte }
+
+func (b *limitedBuffer) Write(p []byte) (int, error) {
+	if room := maxStderr - len(b.buf); room > 0 {
+		b.buf = append(b.buf, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+// spool is a message being written to an (unlinked) temporary file.
+type spool struct {
+	f    *os.File
+	name string // set while the file still has a name to remove
+	w    *bufio.Writer
+}
+
+func newSpool(dir string) (*spool, error) {
+	f, err := os.CreateTemp(dir, "esmtp-exec-*")
+	if err != nil {
+		return nil, err
+	}
+	sp := &spool{f: f, name: f.Name(), w: bufio.NewWriterSize(f, 32<<10)}
+	// Unlink at once where the system allows it: the file lives as long as
+	// it is open (and as the command's stdin), and no crash can leave it
+	// behind.
+	if os.Remove(f.Name()) == nil {
+		sp.name = ""
+	}
+	return sp, nil
+}
+
+// rewind flushes the spool and goes back to its start, for the command.
+func (sp *spool) rewind() error {
+	if err := sp.w.Flush(); err != nil {
+		return err
+	}
+	_, err := sp.f.Seek(0, io.SeekStart)
+	return err
+}
+
+// close closes the file (and removes it where it could not be unlinked at
+// creation).
+func (sp *spool) close() {
+	if sp.f != nil {
+		sp.f.Close()
+		sp.f = nil
+	}
+	if sp.name != "" {
+		os.Remove(sp.name)
+		sp.name = ""
+	}
+}
+
+// UnmarshalCaddyfile sets up the sub-handler from Caddyfile tokens. Syntax:
+//
+//	exec [<command> [<args...>]] {
+//		command  <command> [<args...>]
+//		timeout  <duration>
+//		temp_dir <dir>
+//	}
+func (e *Exec) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the sub-handler name
+	if args := d.RemainingArgs(); len(args) > 0 {
+		e.Command, e.Args = args[0], args[1:]
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch opt := d.Val(); opt {
+		case "command":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			if e.Command != "" {
+				return d.Err("exec: command is given twice")
+			}
+			e.Command, e.Args = args[0], args[1:]
+		case "timeout":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("exec: timeout: must be a positive duration such as 60s, got %q", v)
+			}
+			e.Timeout = caddy.Duration(dur)
+		case "temp_dir":
+			if !d.AllArgs(&e.TempDir) {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("exec: unknown option %q (known: command, timeout, temp_dir)", opt)
+		}
+	}
+	if e.Command == "" {
+		return d.Err("exec: command is required")
+	}
+	if len(e.Args) == 0 {
+		e.Args = nil
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner        = (*Exec)(nil)
+	_ caddyfile.Unmarshaler    = (*Exec)(nil)
+	_ session.HeaderHook       = (*Exec)(nil)
+	_ session.EndOfHeadersHook = (*Exec)(nil)
+	_ session.BodyHook         = (*Exec)(nil)
+	_ session.MessageHook      = (*Exec)(nil)
+	_ session.AbortHook        = (*Exec)(nil)
+)

@@ -1,0 +1,580 @@
+package webhook
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"
+	"github.com/caddy-esmtp/caddy-esmtp/session"
+)
+
+// request is what the test receiver got.
+type request struct {
+	method string
+	host   string
+	header http.Header
+	body   []byte
+}
+
+// receiver is an HTTP server on loopback that records every request and
+// answers with respond (n counts requests from 0); nil answers 200.
+type receiver struct {
+	*httptest.Server
+	mu      sync.Mutex
+	reqs    []request
+	respond func(n int, w http.ResponseWriter, r *http.Request)
+}
+
+func newReceiver(t *testing.T, respond func(n int, w http.ResponseWriter, r *http.Request)) *receiver {
+	rc := &receiver{respond: respond}
+	rc.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			t.Errorf("reading the request body: %v", err)
+		}
+		rc.mu.Lock()
+		n := len(rc.reqs)
+		rc.reqs = append(rc.reqs, request{method: r.Method, host: r.Host, header: r.Header.Clone(), body: body})
+		rc.mu.Unlock()
+		if rc.respond != nil {
+			rc.respond(n, w, r)
+		}
+	}))
+	t.Cleanup(rc.Close)
+	return rc
+}
+
+func (rc *receiver) requests() []request {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return append([]request(nil), rc.reqs...)
+}
+
+func (rc *receiver) only(t *testing.T) request {
+	t.Helper()
+	reqs := rc.requests()
+	if len(reqs) != 1 {
+		t.Fatalf("receiver got %d requests, want 1", len(reqs))
+	}
+	return reqs[0]
+}
+
+// status answers code.
+func status(code int) func(int, http.ResponseWriter, *http.Request) {
+	return func(_ int, w http.ResponseWriter, _ *http.Request) { w.WriteHeader(code) }
+}
+
+// hang answers nothing until the client gives up.
+func hang(_ int, _ http.ResponseWriter, r *http.Request) { <-r.Context().Done() }
+
+func intp(n int) *int { return &n }
+
+var messages = map[string]string{
+	"plain":                   "From: a@example.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nHello.\r\n",
+	"dots":                    "Subject: dots\r\n\r\n.\r\n..\r\n.leading dot\r\nend.\r\n",
+	"folded header and 8 bit": "Subject: a\r\n folded\r\n\tfield\r\nX-8bit: \xc3\xa9t\xc3\xa9\r\n\r\nbody \xff\xfe\r\n",
+	"no body":                 "Subject: only a header\r\n",
+	"no header":               "just a body line, no header at all\r\nsecond\r\n",
+	"big":                     "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("0123456789", 99)+"\r\n", 300),
+}
+
+func TestRawByteExact(t *testing.T) {
+	for name, msg := range messages {
+		t.Run(name, func(t *testing.T) {
+			rc := newReceiver(t, nil)
+			w := provision(t, &Webhook{URL: rc.URL + "/in"})
+			ts := serve(t, session.Config{}, w)
+			c := dial(ts)
+			r := mail(c, msg, "one@example.test", "two@example.test")
+			if !strings.HasPrefix(r, "250 2.0.0 ") {
+				t.Fatalf("end of data: %q", r)
+			}
+			queueID := strings.Fields(r)[2]
+			req := rc.only(t)
+			if got := splitReceived(t, req.body); !bytes.Equal(got, []byte(msg)) {
+				t.Errorf("POSTed message differs\n got: %q\nwant: %q", got, msg)
+			}
+			want := map[string][]string{
+				"Content-Type":     {"message/rfc822"},
+				"X-Esmtp-Queue-Id": {queueID},
+				"X-Esmtp-From":     {"sender@example.test"},
+				"X-Esmtp-Rcpt":     {"one@example.test", "two@example.test"},
+				"X-Esmtp-Remote":   {c.Conn.LocalAddr().String()},
+			}
+			for k, v := range want {
+				if got := req.header.Values(k); strings.Join(got, "|") != strings.Join(v, "|") {
+					t.Errorf("header %s = %q, want %q", k, got, v)
+				}
+			}
+			if req.method != http.MethodPost {
+				t.Errorf("method %s, want POST", req.method)
+			}
+			if req.header.Get("X-Esmtp-Signature") != "" {
+				t.Errorf("signed without a secret")
+			}
+			c.Cmd("QUIT", "221")
+			ts.Close()
+			assertNoSpool(t, w.TempDir)
+		})
+	}
+}
+
+// jsonMessage is the json format, decoded.
+type jsonMessage struct {
+	Envelope struct {
+		QueueID    string   `json:"queue_id"`
+		From       string   `json:"from"`
+		Recipients []string `json:"recipients"`
+		Remote     string   `json:"remote"`
+		Helo       string   `json:"helo"`
+		Auth       string   `json:"auth"`
+		TLS        bool     `json:"tls"`
+	} `json:"envelope"`
+	Headers []struct {
+		Name  string `json:"name"`
+		Value string `json:"value"`
+	} `json:"headers"`
+	Body string `json:"body"`
+}
+
+func TestJSONShape(t *testing.T) {
+	rc := newReceiver(t, nil)
+	w := provision(t, &Webhook{URL: rc.URL, Format: "json"})
+	// Small chunks, so multi-byte characters are cut between chunks at
+	// every offset.
+	ts := serve(t, session.Config{ChunkSize: 512}, w)
+	c := dial(ts)
+	body := strings.Repeat("é€😀 \"quoted\" back\\slash\ttab\x01\r\n", 100) + "bad \xff\xfe utf-8\r\n"
+	msg := "From: a@example.test\r\nSubject: a\r\n folded\r\n\tfield\r\nX-Quote: \"x\" \\ y\r\n\r\n" + body
+	r := mail(c, msg, "one@example.test", "two@example.test")
+	if !strings.HasPrefix(r, "250 2.0.0 ") {
+		t.Fatalf("end of data: %q", r)
+	}
+	queueID := strings.Fields(r)[2]
+	req := rc.only(t)
+	if ct := req.header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type %q", ct)
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(req.body, &top); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, req.body)
+	}
+	if len(top) != 3 || top["envelope"] == nil || top["headers"] == nil || top["body"] == nil {
+		t.Errorf("top-level keys: %s", req.body[:200])
+	}
+	var m jsonMessage
+	dec := json.NewDecoder(bytes.NewReader(req.body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		t.Fatal(err)
+	}
+	env := m.Envelope
+	if env.QueueID != queueID || env.From != "sender@example.test" || strings.Join(env.Recipients, ",") != "one@example.test,two@example.test" ||
+		env.Remote != c.Conn.LocalAddr().String() || env.Helo != smtptest.Helo || env.Auth != "" || env.TLS {
+		t.Errorf("envelope %+v", env)
+	}
+	if len(m.Headers) != 4 || m.Headers[0].Name != "Received" || !strings.Contains(m.Headers[0].Value, "by mx.example.test with ESMTP id "+queueID) {
+		t.Fatalf("headers %+v", m.Headers)
+	}
+	wantHeaders := [][2]string{{"From", "a@example.test"}, {"Subject", "a folded\tfield"}, {"X-Quote", `"x" \ y`}}
+	for i, h := range wantHeaders {
+		if got := m.Headers[i+1]; got.Name != h[0] || got.Value != h[1] {
+			t.Errorf("header %d: %+v, want %q", i+1, got, h)
+		}
+	}
+	wantBody := strings.ToValidUTF8(strings.Repeat("é€😀 \"quoted\" back\\slash\ttab\x01\r\n", 100), "") + "bad \ufffd\ufffd utf-8\r\n"
+	if m.Body != wantBody {
+		t.Errorf("body differs\n got: %q\nwant: %q", m.Body, wantBody)
+	}
+	ts.Close()
+	assertNoSpool(t, w.TempDir)
+}
+
+func TestJSONNullSenderNoBody(t *testing.T) {
+	rc := newReceiver(t, nil)
+	w := provision(t, &Webhook{URL: rc.URL, Format: "json"})
+	ts := serve(t, session.Config{}, w)
+	c := dial(ts)
+	c.Cmd("MAIL FROM:<>", "250")
+	c.Cmd("RCPT TO:<postmaster@example.test>", "250")
+	c.Cmd("DATA", "354")
+	c.Send("Subject: bounce\r\n.\r\n")
+	c.Expect("250 ")
+	req := rc.only(t)
+	var m jsonMessage
+	if err := json.Unmarshal(req.body, &m); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, req.body)
+	}
+	if m.Envelope.From != "" || m.Body != "" || len(m.Headers) != 2 || m.Headers[1].Value != "bounce" {
+		t.Errorf("got %+v", m)
+	}
+	if v, ok := req.header["X-Esmtp-From"]; !ok || len(v) != 1 || v[0] != "" {
+		t.Errorf("X-Esmtp-From %q, want one empty value", v)
+	}
+}
+
+// TestTextEscaping feeds strings to the JSON escaper cut at every offset and
+// compares with encoding/json.
+func TestTextEscaping(t *testing.T) {
+	inputs := []string{
+		"plain ascii",
+		"é€😀\u2028",
+		"\x00\x01\x1f\x7f\"\\/\r\n\t<>&",
+		"bad \xff \xe2\x82 \xf0\x9f\x98 end",
+		"\xe2\x82",
+		"\xc3",
+		"😀",
+	}
+	for _, in := range inputs {
+		want, _ := json.Marshal(in)
+		var wantStr string
+		json.Unmarshal(want, &wantStr)
+		for cut := 0; cut <= len(in); cut++ {
+			for cut2 := cut; cut2 <= len(in); cut2++ {
+				var buf bytes.Buffer
+				sp := &spool{}
+				sp.w = bufioWriter(&buf)
+				sp.writeString(`"`)
+				sp.text([]byte(in[:cut]))
+				sp.text([]byte(in[cut:cut2]))
+				sp.text([]byte(in[cut2:]))
+				sp.flushText()
+				sp.writeString(`"`)
+				sp.w.Flush()
+				var got string
+				if err := json.Unmarshal(buf.Bytes(), &got); err != nil {
+					t.Fatalf("%q cut at %d,%d: invalid JSON %s: %v", in, cut, cut2, buf.Bytes(), err)
+				}
+				if got != wantStr {
+					t.Errorf("%q cut at %d,%d: got %q, want %q", in, cut, cut2, got, wantStr)
+				}
+			}
+		}
+	}
+}
+
+func TestStatusCodes(t *testing.T) {
+	cases := []struct {
+		status   int
+		reply    string
+		requests int
+	}{
+		{200, "250 2.0.0 ", 1},
+		{202, "250 2.0.0 ", 1},
+		{204, "250 2.0.0 ", 1},
+		{400, "554 5.6.0 Rejected by webhook: 400 Bad Request", 1},
+		{403, "554 5.6.0 Rejected by webhook: 403 Forbidden", 1},
+		{413, "554 5.6.0 Rejected by webhook: 413 Request Entity Too Large", 1},
+		{408, "451 4.3.0 ", 3},
+		{429, "451 4.3.0 ", 3},
+		{500, "451 4.3.0 ", 3},
+		{503, "451 4.3.0 ", 3},
+		{302, "451 4.3.0 ", 3},
+	}
+	for _, tc := range cases {
+		t.Run(http.StatusText(tc.status), func(t *testing.T) {
+			rc := newReceiver(t, func(_ int, w http.ResponseWriter, _ *http.Request) {
+				if tc.status == 302 {
+					w.Header().Set("Location", "/elsewhere")
+				}
+				w.WriteHeader(tc.status)
+			})
+			w := provision(t, &Webhook{URL: rc.URL, Retries: intp(2), Backoff: caddy.Duration(time.Millisecond)})
+			ts := serve(t, session.Config{}, w)
+			c := dial(ts)
+			if r := mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, tc.reply) {
+				t.Errorf("got %q, want %q", r, tc.reply)
+			}
+			reqs := rc.requests()
+			if len(reqs) != tc.requests {
+				t.Errorf("%d requests, want %d", len(reqs), tc.requests)
+			}
+			for _, req := range reqs {
+				if req.method != http.MethodPost || !bytes.Equal(req.body, reqs[0].body) {
+					t.Errorf("attempts differ: %s %q", req.method, req.body)
+				}
+			}
+			// A rejected message leaves the session usable.
+			if r := mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, tc.reply) {
+				t.Errorf("second message: got %q, want %q", r, tc.reply)
+			}
+			ts.Close()
+			assertNoSpool(t, w.TempDir)
+		})
+	}
+}
+
+// TestFailTimeoutRecover: the receiver fails, then times out, then
+// recovers; the message is accepted on the third attempt, each attempt
+// with the same body.
+func TestFailTimeoutRecover(t *testing.T) {
+	rc := newReceiver(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		switch n {
+		case 0:
+			w.WriteHeader(http.StatusInternalServerError)
+		case 1:
+			hang(n, w, r)
+		default:
+			w.WriteHeader(http.StatusOK)
+		}
+	})
+	w := provision(t, &Webhook{URL: rc.URL, Timeout: caddy.Duration(300 * time.Millisecond), Backoff: caddy.Duration(time.Millisecond)})
+	ts := serve(t, session.Config{}, w)
+	c := dial(ts)
+	if r := mail(c, messages["dots"], "rcpt@example.test"); !strings.HasPrefix(r, "250 2.0.0 ") {
+		t.Fatalf("end of data: %q", r)
+	}
+	reqs := rc.requests()
+	if len(reqs) != 3 {
+		t.Fatalf("%d requests, want 3", len(reqs))
+	}
+	for i, req := range reqs {
+		if got := splitReceived(t, req.body); string(got) != messages["dots"] {
+			t.Errorf("attempt %d: body %q", i, got)
+		}
+	}
+}
+
+// TestTimeoutThenGiveUp: a receiver that never answers gets 451 after the
+// configured retries.
+func TestTimeoutThenGiveUp(t *testing.T) {
+	rc := newReceiver(t, hang)
+	w := provision(t, &Webhook{URL: rc.URL, Timeout: caddy.Duration(100 * time.Millisecond), Retries: intp(1), Backoff: caddy.Duration(time.Millisecond)})
+	ts := serve(t, session.Config{}, w)
+	c := dial(ts)
+	mail(c, messages["plain"], "rcpt@example.test")
+	if r := mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
+		t.Fatalf("end of data: %q", r)
+	}
+	if n := len(rc.requests()); n != 4 {
+		t.Errorf("%d requests for two messages, want 4", n)
+	}
+	ts.Close()
+	assertNoSpool(t, w.TempDir)
+}
+
+// TestBoundedByHandlerTimeout: retries and their waits stop when the
+// engine's handler_timeout is nearly over, whatever the retries setting.
+func TestBoundedByHandlerTimeout(t *testing.T) {
+	rc := newReceiver(t, hang)
+	w := provision(t, &Webhook{URL: rc.URL, Timeout: caddy.Duration(time.Hour), Retries: intp(100), Backoff: caddy.Duration(time.Hour)})
+	ts := serve(t, session.Config{HandlerTimeout: time.Second}, w)
+	c := dial(ts)
+	if r := mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
+		t.Fatalf("end of data: %q", r)
+	}
+	if n := len(rc.requests()); n != 1 {
+		t.Errorf("%d requests, want 1 (no time for a retry)", n)
+	}
+}
+
+func TestConnectionRefused(t *testing.T) {
+	rc := newReceiver(t, nil)
+	url := rc.URL
+	rc.Close()
+	w := provision(t, &Webhook{URL: url, Retries: intp(1), Backoff: caddy.Duration(time.Millisecond)})
+	ts := serve(t, session.Config{}, w)
+	c := dial(ts)
+	if r := mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
+		t.Fatalf("end of data: %q", r)
+	}
+	ts.Close()
+	assertNoSpool(t, w.TempDir)
+}
+
+func TestSignature(t *testing.T) {
+	for _, format := range []string{"raw", "json"} {
+		t.Run(format, func(t *testing.T) {
+			rc := newReceiver(t, nil)
+			w := provision(t, &Webhook{URL: rc.URL, Format: format, Secret: "s3cret"})
+			ts := serve(t, session.Config{}, w)
+			c := dial(ts)
+			if r := mail(c, messages["big"], "rcpt@example.test"); !strings.HasPrefix(r, "250 ") {
+				t.Fatalf("end of data: %q", r)
+			}
+			req := rc.only(t)
+			mac := hmac.New(sha256.New, []byte("s3cret"))
+			mac.Write(req.body)
+			want := "sha256=" + hex.EncodeToString(mac.Sum(nil))
+			if got := req.header.Get("X-Esmtp-Signature"); got != want {
+				t.Errorf("signature %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+func TestCustomHeaders(t *testing.T) {
+	t.Setenv("WEBHOOK_TEST_TOKEN", "from-env")
+	rc := newReceiver(t, nil)
+	w := provision(t, &Webhook{URL: rc.URL, Headers: http.Header{
+		"authorization": {"Bearer {env.WEBHOOK_TEST_TOKEN}"},
+		"X-Extra":       {"a", "b"},
+		"Content-Type":  {"message/rfc822; charset=utf-8"},
+		"Host":          {"hooks.example.test"},
+	}})
+	ts := serve(t, session.Config{}, w)
+	c := dial(ts)
+	mail(c, messages["plain"], "rcpt@example.test")
+	req := rc.only(t)
+	if got := req.header.Get("Authorization"); got != "Bearer from-env" {
+		t.Errorf("Authorization %q", got)
+	}
+	if got := req.header.Values("X-Extra"); strings.Join(got, ",") != "a,b" {
+		t.Errorf("X-Extra %q", got)
+	}
+	if got := req.header.Get("Content-Type"); got != "message/rfc822; charset=utf-8" {
+		t.Errorf("Content-Type %q", got)
+	}
+	if req.host != "hooks.example.test" {
+		t.Errorf("Host %q", req.host)
+	}
+}
+
+// TestTwoInstances: two webhooks in one list keep their own spools: each
+// receiver gets the message in its format.
+func TestTwoInstances(t *testing.T) {
+	raw, js := newReceiver(t, nil), newReceiver(t, nil)
+	w1 := provision(t, &Webhook{URL: raw.URL})
+	w2 := provision(t, &Webhook{URL: js.URL, Format: "json"})
+	ts := serve(t, session.Config{}, w1, w2)
+	c := dial(ts)
+	if r := mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "250 ") {
+		t.Fatalf("end of data: %q", r)
+	}
+	if got := splitReceived(t, raw.only(t).body); string(got) != messages["plain"] {
+		t.Errorf("raw body %q", got)
+	}
+	var m jsonMessage
+	if err := json.Unmarshal(js.only(t).body, &m); err != nil || m.Body != "Hello.\r\n" {
+		t.Errorf("json: %v %+v", err, m)
+	}
+}
+
+// TestAbortClosesSpool: a message refused while streaming (too big), a
+// rejection by an earlier sub-handler and a client gone mid-DATA leave no spool
+// file, open or not, and make no request.
+func TestAbortClosesSpool(t *testing.T) {
+	rc := newReceiver(t, nil)
+	w := provision(t, &Webhook{URL: rc.URL})
+	started := make(chan struct{})
+	ts := serve(t, session.Config{MaxMessageSize: 10000}, failing{}, w, eohSignal{started})
+	c := dial(ts)
+	if r := mail(c, messages["big"], "rcpt@example.test"); !strings.HasPrefix(r, "552 ") {
+		t.Fatalf("too big: %q", r)
+	}
+	if r := mail(c, "Subject: fail\r\n\r\nx\r\n", "rcpt@example.test"); !strings.HasPrefix(r, "550 5.7.1 ") {
+		t.Fatalf("failed by a later sub-handler: %q", r)
+	}
+	c.Cmd("MAIL FROM:<a@example.test>", "250")
+	c.Cmd("RCPT TO:<b@example.test>", "250")
+	c.Cmd("DATA", "354")
+	c.Send("Subject: x\r\n\r\n" + strings.Repeat("line\r\n", 500))
+	<-started // the spool exists
+	c.Conn.Close()
+	ts.Close()
+	if n := len(rc.requests()); n != 0 {
+		t.Errorf("%d requests for aborted messages", n)
+	}
+	assertNoSpool(t, w.TempDir)
+}
+
+// TestSpoolUnlinkedWhileStreaming: mid-DATA the spool file is open but has
+// no name in the directory.
+func TestSpoolUnlinkedWhileStreaming(t *testing.T) {
+	if _, ok := openIn(t, t.TempDir()); !ok {
+		t.Skip("no /proc/self/fd")
+	}
+	rc := newReceiver(t, nil)
+	started := make(chan struct{})
+	w := provision(t, &Webhook{URL: rc.URL})
+	ts := serve(t, session.Config{}, w, eohSignal{started})
+	c := dial(ts)
+	c.Cmd("MAIL FROM:<a@example.test>", "250")
+	c.Cmd("RCPT TO:<b@example.test>", "250")
+	c.Cmd("DATA", "354")
+	c.Send("Subject: x\r\n\r\nbody\r\n")
+	<-started
+	if n, _ := openIn(t, w.TempDir); n != 1 {
+		t.Errorf("%d open spool files mid-DATA, want 1", n)
+	}
+	entries, _ := readDir(w.TempDir)
+	if len(entries) != 0 {
+		t.Errorf("spool directory lists %v mid-DATA, want nothing (unlinked)", entries)
+	}
+	c.Send(".\r\n")
+	c.Expect("250 ")
+	ts.Close()
+	assertNoSpool(t, w.TempDir)
+}
+
+func TestProvisionErrors(t *testing.T) {
+	dir := t.TempDir()
+	cases := map[string]*Webhook{
+		"url is required": {},
+		"url:":            {URL: "ftp://example.test/"},
+		"format:":         {URL: "http://example.test/", Format: "xml"},
+		"retries:":        {URL: "http://example.test/", Retries: intp(-1)},
+		"timeout:":        {URL: "http://example.test/", Timeout: -1},
+		"headers:":        {URL: "http://example.test/", Headers: http.Header{"X-Esmtp-From": {"x"}}},
+		"temp_dir:":       {URL: "http://example.test/", TempDir: dir + "/missing"},
+		"url: {esmtp.*}":  {URL: "http://example.test/{esmtp.rcpt.domain}"},
+		"headers: X-Rcpt": {URL: "http://example.test/", Headers: http.Header{"X-Rcpt": {"{esmtp.rcpt}"}}},
+	}
+	for want, w := range cases {
+		err := tryProvision(w)
+		if err == nil || !strings.Contains(err.Error(), "webhook: "+want) {
+			t.Errorf("%+v: got %v, want an error naming %q", w, err, want)
+		}
+	}
+}
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	d := caddyfile.NewTestDispenser(`webhook https://hooks.example.test/mail {
+		format json
+		timeout 5s
+		retries 0
+		backoff 250ms
+		secret {env.SECRET}
+		header Authorization "Bearer xyz"
+		header X-A 1
+		temp_dir /var/spool/esmtp
+	}`)
+	var w Webhook
+	if err := w.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := json.Marshal(&w)
+	want := `{"url":"https://hooks.example.test/mail","format":"json","timeout":5000000000,"retries":0,"backoff":250000000,"secret":"{env.SECRET}","headers":{"Authorization":["Bearer xyz"],"X-A":["1"]},"temp_dir":"/var/spool/esmtp"}`
+	if string(got) != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+	for _, bad := range []string{
+		"webhook",
+		"webhook a b",
+		"webhook http://x/ {\n format xml\n}",
+		"webhook http://x/ {\n retries -1\n}",
+		"webhook http://x/ {\n timeout soon\n}",
+		"webhook http://x/ {\n header X-Esmtp-Rcpt x\n}",
+		"webhook http://x/ {\n header Bad:Name x\n}",
+		"webhook http://x/ {\n header X-A\n}",
+		"webhook http://x/ {\n bogus\n}",
+	} {
+		var w Webhook
+		if err := w.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
