@@ -2,7 +2,13 @@ package integration_test
 
 import (
 	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +23,7 @@ import (
 // provisions every module), with its file system paths moved into a temp
 // dir.
 func TestExamplesFormatAndValidate(t *testing.T) {
+	t.Setenv("MAIL_WEBHOOK_SECRET", "example-secret")
 	files, _ := filepath.Glob("../examples/*Caddyfile")
 	if len(files) < 4 {
 		t.Fatalf("found only %v", files)
@@ -103,5 +110,62 @@ func TestExamplesServe(t *testing.T) {
 				t.Errorf("Received: field does not show the client behind the proxy: %q", rcv)
 			}
 		})
+	}
+}
+
+// TestExampleInboundWebhook runs examples/inbound-webhook.Caddyfile against
+// a local HTTP receiver standing in for the app: the message arrives as
+// JSON, signed with the secret from the environment.
+func TestExampleInboundWebhook(t *testing.T) {
+	const secret = "example-secret"
+	t.Setenv("MAIL_WEBHOOK_SECRET", secret)
+	type post struct {
+		body []byte
+		sig  string
+	}
+	got := make(chan post, 1)
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- post{b, r.Header.Get("X-Esmtp-Signature")}
+	}))
+	defer app.Close()
+	src, err := os.ReadFile("../examples/inbound-webhook.Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := localized(t, string(src), "127.0.0.1:%PORT%")
+	cf = strings.Replace(cf, "https://app.example.com/inbound-mail", app.URL+"/inbound-mail", 1)
+	addr, _ := startCaddyfile(t, cf)
+	c := dial(t, addr)
+	c.expect("220 ")
+	c.send("EHLO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<ticket-42@in.example.com>\r\nDATA\r\n")
+	c.expect("250 ")
+	c.expect("250 ")
+	c.expect("250 ")
+	c.expect("354 ")
+	c.send(stuffed(message) + ".\r\nQUIT\r\n")
+	c.expect("250 2.0.0")
+	c.expect("221 ")
+	p := <-got
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write(p.body)
+	if want := "sha256=" + hex.EncodeToString(mac.Sum(nil)); p.sig != want {
+		t.Errorf("signature %q, want %q", p.sig, want)
+	}
+	var doc struct {
+		Envelope struct {
+			From       string   `json:"from"`
+			Recipients []string `json:"recipients"`
+		} `json:"envelope"`
+		Body string `json:"body"`
+	}
+	if err := json.Unmarshal(p.body, &doc); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, p.body)
+	}
+	if doc.Envelope.From != "a@client.test" || len(doc.Envelope.Recipients) != 1 || doc.Envelope.Recipients[0] != "ticket-42@in.example.com" {
+		t.Errorf("envelope %+v", doc.Envelope)
+	}
+	if !strings.Contains(doc.Body, ".a line that starts with a dot") {
+		t.Errorf("body %q lacks the message body", doc.Body)
 	}
 }
