@@ -34,6 +34,7 @@ import (
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/match"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/rate_limit"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/recipients"
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/relay"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/reply"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/senders"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/webhook"

@@ -177,6 +177,7 @@ func (s *Session) cmdMail(arg string) *Reply {
 	if len(params) > 0 && !s.extended {
 		return replyParamsNeedEhlo
 	}
+	var dsn uint8
 	for _, p := range params {
 		switch p.Key {
 		case "SIZE":
@@ -199,7 +200,9 @@ func (s *Session) cmdMail(arg string) *Reply {
 			}
 			txn.UTF8 = true
 		default:
-			return replyBadParam
+			if r := s.dsnParam(p, true, &dsn); r != nil {
+				return r
+			}
 		}
 	}
 	if path.UTF8 && !txn.UTF8 {
@@ -236,7 +239,12 @@ func (s *Session) cmdRcpt(arg string) *Reply {
 		if !s.extended {
 			return replyParamsNeedEhlo
 		}
-		return replyBadParam
+		var dsn uint8
+		for _, p := range params {
+			if r := s.dsnParam(p, false, &dsn); r != nil {
+				return r
+			}
+		}
 	}
 	if path.UTF8 && !s.txn.UTF8 {
 		return replyNeedUTF8

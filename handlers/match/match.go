@@ -345,9 +345,25 @@ func (m *Match) Verb(ctx context.Context, s *session.Session, cmd, arg string) (
 	return first(m, func(h session.VerbHook) (*session.Reply, error) { return h.Verb(ctx, s, cmd, arg) })
 }
 
+// Extensions passes on the EHLO keywords of the inner sub-handlers (such
+// as a relay's DSN) when the session matches.
+func (m *Match) Extensions(s *session.Session) []string {
+	if !m.sessionMatches(s) {
+		return nil
+	}
+	var out []string
+	for _, h := range m.inner {
+		if x, ok := h.(session.ExtensionHook); ok {
+			out = append(out, x.Extensions(s)...)
+		}
+	}
+	return out
+}
+
 // Interface guards
 var (
 	_ caddy.Provisioner        = (*Match)(nil)
+	_ session.ExtensionHook    = (*Match)(nil)
 	_ session.ConnectHook      = (*Match)(nil)
 	_ session.HeloHook         = (*Match)(nil)
 	_ session.MailHook         = (*Match)(nil)

@@ -1,0 +1,468 @@
+package relay
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"net/textproto"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+
+	"github.com/caddy-esmtp/caddy-esmtp/session"
+)
+
+// target is one address to try: host:port, and the name the upstream's
+// certificate must carry.
+type target struct {
+	addr string
+	name string
+}
+
+// upstream is one connection to an upstream SMTP server, greeted (and
+// secured and authenticated as configured), between transactions.
+type upstream struct {
+	c     *smtp.Client
+	uc    *upConn
+	addr  string // host:port, for logs
+	hello string // the name we gave in EHLO
+	tls   bool
+	idle  time.Time // when it went back to the pool
+}
+
+// close drops the connection at once, without QUIT: used when the
+// connection is broken, or in the middle of DATA, where the upstream must
+// see the message end without its final dot and discard it.
+func (u *upstream) close() { u.c.Close() }
+
+// quit ends the connection politely, bounded by the command timeout.
+func (u *upstream) quit() {
+	if err := u.c.Quit(); err != nil {
+		u.c.Close()
+	}
+}
+
+// hasExt reports whether the upstream advertised an EHLO keyword.
+func (u *upstream) hasExt(ext string) bool {
+	ok, _ := u.c.Extension(ext)
+	return ok
+}
+
+// upConn is the connection under the SMTP client. It replays a greeting
+// to the client when the real one was read before STARTTLS, and gives every
+// write a deadline, so a stalled upstream cannot hold a session while the
+// message streams.
+type upConn struct {
+	net.Conn
+	greeting []byte
+	timeout  time.Duration
+}
+
+func (c *upConn) Read(p []byte) (int, error) {
+	if len(c.greeting) > 0 {
+		n := copy(p, c.greeting)
+		c.greeting = c.greeting[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *upConn) Write(p []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Write(p)
+}
+
+// Replies for failures of the upstream connection: all temporary, so the
+// client tries again later and nothing is lost.
+var (
+	replyUnreachable = session.NewReply(451, "4.4.1", "Upstream mail server not reachable; try again later")
+	replyConnLost    = session.NewReply(451, "4.4.2", "Connection to the upstream mail server lost; try again later")
+	replyNoTLS       = session.NewReply(451, "4.7.4", "Upstream mail server does not offer STARTTLS; try again later")
+	replyTLSFailed   = session.NewReply(451, "4.7.5", "TLS with the upstream mail server failed; try again later")
+	replyUpAuth      = session.NewReply(451, "4.7.0", "Authentication to the upstream mail server failed; try again later")
+	replyDNSTemp     = session.NewReply(451, "4.4.3", "DNS lookup of the recipient domain failed; try again later")
+	replyNoMX        = session.NewReply(550, "5.1.2", "Recipient domain has no mail server")
+	replyNullMX      = session.NewReply(556, "5.1.10", "Recipient domain does not accept mail (null MX)")
+)
+
+// setupError is a failure to set up an upstream connection: the reply for
+// the client, and the cause for the log.
+type setupError struct {
+	reply *session.Reply
+	cause error
+}
+
+func (e *setupError) Error() string { return e.cause.Error() }
+
+func failed(r *session.Reply, format string, args ...any) *setupError {
+	return &setupError{reply: r, cause: fmt.Errorf(format, args...)}
+}
+
+// connect opens a connection to t and greets it as hello: implicit TLS
+// (smtps), or STARTTLS when the upstream offers it (required when
+// requireTLS), then AUTH PLAIN when credentials are configured.
+func (r *Relay) connect(ctx context.Context, t target, hello string) (*upstream, *setupError) {
+	d := net.Dialer{Timeout: time.Duration(r.ConnectTimeout)}
+	raw, err := d.DialContext(ctx, "tcp", t.addr)
+	if err != nil {
+		return nil, failed(replyUnreachable, "connecting to %s: %v", t.addr, err)
+	}
+	up, serr := r.greet(ctx, raw, t, hello)
+	if serr != nil {
+		raw.Close()
+		return nil, serr
+	}
+	return up, nil
+}
+
+// maxPreTLS bounds what an upstream may send before TLS (greeting, EHLO
+// and STARTTLS replies).
+const maxPreTLS = 64 << 10
+
+func (r *Relay) greet(ctx context.Context, raw net.Conn, t target, hello string) (*upstream, *setupError) {
+	timeout := r.commandTimeout(ctx)
+	raw.SetDeadline(time.Now().Add(timeout))
+	var conn net.Conn = raw
+	var greeting []byte
+	secure := false
+	if r.implicitTLS {
+		tc := tls.Client(raw, r.tlsConfig(t.name))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return nil, failed(replyTLSFailed, "TLS with %s: %v", t.addr, err)
+		}
+		conn, secure = tc, true
+	} else {
+		// Greeting, EHLO and STARTTLS are spoken here rather than by the
+		// SMTP client, which would say EHLO as "localhost" before TLS and
+		// cannot do STARTTLS only when offered.
+		br := bufio.NewReader(io.LimitReader(raw, maxPreTLS))
+		tr := textproto.NewReader(br)
+		_, msg, err := tr.ReadResponse(220)
+		if err != nil {
+			return nil, failed(replyUnreachable, "greeting of %s: %v", t.addr, err)
+		}
+		first, _, _ := strings.Cut(msg, "\n")
+		greeting = []byte("220 " + first + "\r\n")
+		offered := false
+		if _, err := fmt.Fprintf(raw, "EHLO %s\r\n", hello); err != nil {
+			return nil, failed(replyUnreachable, "EHLO to %s: %v", t.addr, err)
+		}
+		if _, msg, err := tr.ReadResponse(250); err == nil {
+			lines := strings.Split(msg, "\n")
+			for _, l := range lines[1:] {
+				kw, _, _ := strings.Cut(l, " ")
+				offered = offered || strings.EqualFold(kw, "STARTTLS")
+			}
+		} else if _, ok := err.(*textproto.Error); !ok {
+			return nil, failed(replyUnreachable, "EHLO to %s: %v", t.addr, err)
+		}
+		if offered {
+			if _, err := fmt.Fprintf(raw, "STARTTLS\r\n"); err != nil {
+				return nil, failed(replyUnreachable, "STARTTLS to %s: %v", t.addr, err)
+			}
+			if _, _, err := tr.ReadResponse(220); err == nil {
+				if br.Buffered() > 0 {
+					// Bytes after the 220 and before the handshake were
+					// not sent by the server's TLS (CVE-2011-0411 class).
+					return nil, failed(replyTLSFailed, "%s sent data after its STARTTLS reply", t.addr)
+				}
+				tc := tls.Client(raw, r.tlsConfig(t.name))
+				if err := tc.HandshakeContext(ctx); err != nil {
+					return nil, failed(replyTLSFailed, "STARTTLS with %s: %v", t.addr, err)
+				}
+				conn, secure = tc, true
+			} else if _, ok := err.(*textproto.Error); !ok {
+				return nil, failed(replyUnreachable, "STARTTLS to %s: %v", t.addr, err)
+			}
+		}
+		if !secure && r.requireTLS {
+			return nil, failed(replyNoTLS, "%s: no STARTTLS (require_tls is on)", t.addr)
+		}
+		if br.Buffered() > 0 {
+			return nil, failed(replyUnreachable, "%s sent data out of turn", t.addr)
+		}
+	}
+	raw.SetDeadline(time.Time{})
+
+	uc := &upConn{Conn: conn, greeting: greeting, timeout: timeout}
+	c := smtp.NewClient(uc)
+	c.CommandTimeout = timeout
+	up := &upstream{c: c, uc: uc, addr: t.addr, hello: hello, tls: secure}
+	if err := c.Hello(hello); err != nil {
+		c.Close()
+		return nil, failed(replyUnreachable, "greeting %s: %v", t.addr, err)
+	}
+	if r.user != "" {
+		if !secure {
+			c.Close()
+			return nil, failed(replyNoTLS, "%s: credentials are sent only over TLS", t.addr)
+		}
+		if !up.hasExt("AUTH") {
+			c.Close()
+			return nil, failed(replyUpAuth, "%s does not offer AUTH", t.addr)
+		}
+		if err := c.Auth(plainAuth{user: r.user, pass: r.password}); err != nil {
+			c.Close()
+			return nil, failed(replyUpAuth, "AUTH PLAIN to %s as %q: %v", t.addr, r.user, err)
+		}
+	}
+	return up, nil
+}
+
+// tlsConfig is the client TLS configuration for an upstream named name.
+func (r *Relay) tlsConfig(name string) *tls.Config {
+	if r.TLSServerName != "" {
+		name = r.TLSServerName
+	}
+	return &tls.Config{
+		ServerName:         name,
+		RootCAs:            r.roots,
+		InsecureSkipVerify: r.TLSInsecureSkipVerify,
+		MinVersion:         tls.VersionTLS12,
+	}
+}
+
+// commandTimeout is the timeout of one upstream command, never past the
+// hook's deadline.
+func (r *Relay) commandTimeout(ctx context.Context) time.Duration {
+	return within(ctx, time.Duration(r.Timeout))
+}
+
+func within(ctx context.Context, d time.Duration) time.Duration {
+	if dl, ok := ctx.Deadline(); ok {
+		if left := time.Until(dl); left < d {
+			d = max(left, time.Millisecond)
+		}
+	}
+	return d
+}
+
+// plainAuth is the SASL PLAIN mechanism (RFC 4616) for the SMTP client.
+type plainAuth struct{ user, pass string }
+
+func (a plainAuth) Start() (string, []byte, error) {
+	return "PLAIN", []byte("\x00" + a.user + "\x00" + a.pass), nil
+}
+
+func (a plainAuth) Next([]byte) ([]byte, error) {
+	return nil, errors.New("unexpected server challenge")
+}
+
+// upstreamReply turns an upstream's error reply into ours: its code,
+// enhanced code and text (sanitized) are passed through to the client. A
+// code that is not a failure becomes 451 4.4.2.
+func upstreamReply(e *smtp.SMTPError) *session.Reply {
+	if e.Code < 400 || e.Code > 599 {
+		return replyConnLost
+	}
+	r := &session.Reply{Code: e.Code}
+	ec := e.EnhancedCode
+	if ec[0] == e.Code/100 && ec[1] >= 0 && ec[1] < 1000 && ec[2] >= 0 && ec[2] < 1000 {
+		r.Enhanced = fmt.Sprintf("%d.%d.%d", ec[0], ec[1], ec[2])
+	}
+	for i, l := range strings.Split(e.Message, "\n") {
+		if i == 8 {
+			break
+		}
+		r.Lines = append(r.Lines, session.Sanitize(strings.TrimSpace(l), 400))
+	}
+	return r
+}
+
+// reply for an error of an SMTP client call: the upstream's reply when it
+// answered, else the connection is gone.
+func replyFor(err error) (*session.Reply, bool) {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return upstreamReply(se), true
+	}
+	return replyConnLost, false
+}
+
+// pool keeps idle connections to the smart host for the next messages.
+type pool struct {
+	mu     sync.Mutex
+	idle   []*upstream // oldest first
+	max    int
+	ttl    time.Duration
+	closed bool
+	timer  *time.Timer
+}
+
+// get returns an idle connection that answers RSET, or nil.
+func (p *pool) get(hello string, timeout time.Duration) *upstream {
+	for {
+		p.mu.Lock()
+		n := len(p.idle)
+		if n == 0 {
+			p.mu.Unlock()
+			return nil
+		}
+		up := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		if up.hello != hello || time.Since(up.idle) > p.ttl {
+			go up.quit()
+			continue
+		}
+		up.c.CommandTimeout, up.uc.timeout = timeout, timeout
+		if err := up.c.Reset(); err != nil {
+			up.close()
+			continue
+		}
+		return up
+	}
+}
+
+// put keeps up for reuse, or quits it when the pool is full or closed.
+func (p *pool) put(up *upstream) {
+	p.mu.Lock()
+	if p.closed || len(p.idle) >= p.max {
+		p.mu.Unlock()
+		go up.quit()
+		return
+	}
+	up.idle = time.Now()
+	p.idle = append(p.idle, up)
+	if p.timer == nil {
+		p.timer = time.AfterFunc(p.ttl, p.expire)
+	}
+	p.mu.Unlock()
+}
+
+// expire quits the connections idle for longer than the ttl.
+func (p *pool) expire() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.timer = nil
+	keep := p.idle[:0]
+	for _, up := range p.idle {
+		if time.Since(up.idle) >= p.ttl {
+			go up.quit()
+		} else {
+			keep = append(keep, up)
+		}
+	}
+	clear(p.idle[len(keep):])
+	p.idle = keep
+	if len(p.idle) > 0 && !p.closed {
+		p.timer = time.AfterFunc(p.ttl-time.Since(p.idle[0].idle), p.expire)
+	}
+}
+
+// close quits the idle connections; connections put back later are quit
+// too.
+func (p *pool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	if p.timer != nil {
+		p.timer.Stop()
+		p.timer = nil
+	}
+	for _, up := range p.idle {
+		go up.quit()
+	}
+	p.idle = nil
+}
+
+// idleCount returns the number of idle connections (for tests).
+func (p *pool) idleCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.idle)
+}
+
+// maxTargets bounds the addresses tried for one recipient domain.
+const maxTargets = 10
+
+// mxTargets returns the addresses to try for domain, best first: its MX
+// hosts by preference, or the domain itself when it has no MX record
+// (RFC 5321 5.1), or the address of a literal such as [192.0.2.1].
+func (r *Relay) mxTargets(ctx context.Context, domain string) ([]target, *setupError) {
+	if strings.HasPrefix(domain, "[") {
+		lit := strings.TrimSuffix(strings.TrimPrefix(domain, "["), "]")
+		if len(lit) > 5 && strings.EqualFold(lit[:5], "IPv6:") {
+			lit = lit[5:]
+		}
+		ip, err := netip.ParseAddr(lit)
+		if err != nil {
+			return nil, failed(replyNoMX, "address literal %s: %v", domain, err)
+		}
+		return []target{{addr: netip.AddrPortFrom(ip, uint16(r.MXPort)).String(), name: ip.String()}}, nil
+	}
+	var hosts []string
+	implicit := false
+	mxs, err := r.resolver.LookupMX(ctx, domain)
+	switch {
+	case err == nil || len(mxs) > 0:
+		if len(mxs) == 1 && (mxs[0].Host == "." || mxs[0].Host == "") {
+			return nil, failed(replyNullMX, "%s has a null MX", domain)
+		}
+		for _, mx := range mxs {
+			if h := strings.TrimSuffix(mx.Host, "."); h != "" {
+				hosts = append(hosts, h)
+			}
+		}
+	case isNotFound(err):
+		hosts, implicit = []string{domain}, true
+	default:
+		return nil, failed(replyDNSTemp, "MX lookup of %s: %v", domain, err)
+	}
+	var targets []target
+	var lastErr error
+	for _, h := range hosts {
+		ips, err := r.resolver.LookupNetIP(ctx, "ip", h)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		for _, ip := range ips {
+			targets = append(targets, target{addr: netip.AddrPortFrom(ip.Unmap(), uint16(r.MXPort)).String(), name: h})
+		}
+		if len(targets) >= maxTargets {
+			return targets[:maxTargets], nil
+		}
+	}
+	if len(targets) == 0 {
+		if implicit && isNotFound(lastErr) {
+			return nil, failed(replyNoMX, "%s has no MX and no address", domain)
+		}
+		return nil, failed(replyDNSTemp, "no address for the mail servers of %s: %v", domain, lastErr)
+	}
+	return targets, nil
+}
+
+func isNotFound(err error) bool {
+	var de *net.DNSError
+	return errors.As(err, &de) && de.IsNotFound
+}
+
+// dialMX connects to the first mail server of domain that answers.
+func (r *Relay) dialMX(ctx context.Context, domain, hello string) (*upstream, *setupError) {
+	targets, serr := r.mxTargets(ctx, domain)
+	if serr != nil {
+		return nil, serr
+	}
+	var last *setupError
+	for _, t := range targets {
+		up, serr := r.connect(ctx, t, hello)
+		if serr == nil {
+			return up, nil
+		}
+		r.logger.Debug("mail server failed, trying the next", zap.String("domain", domain), zap.String("upstream", t.addr), zap.Error(serr))
+		last = serr
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, last
+}
