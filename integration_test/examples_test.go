@@ -24,6 +24,7 @@ import (
 // dir.
 func TestExamplesFormatAndValidate(t *testing.T) {
 	t.Setenv("MAIL_WEBHOOK_SECRET", "example-secret")
+	t.Setenv("RELAY_PASSWORD", "example-password")
 	files, _ := filepath.Glob("../examples/*Caddyfile")
 	if len(files) < 4 {
 		t.Fatalf("found only %v", files)
@@ -50,7 +51,7 @@ func TestExamplesFormatAndValidate(t *testing.T) {
 // Maildirs in a temp dir, Caddy's internal CA instead of ACME, no admin.
 func localized(t *testing.T, src, listen string) (string, string) {
 	dir := t.TempDir()
-	for _, l := range []string{":25 {", ":2525 {", "127.0.0.1:2525 {", "127.0.0.1:1025 {"} {
+	for _, l := range []string{":25 {", ":2525 {", "127.0.0.1:2525 {", "127.0.0.1:1025 {", ":587 {", ":465 {"} {
 		src = strings.Replace(src, l, listen+" {", 1)
 	}
 	src = strings.NewReplacer("/var/mail", dir, "./caught", dir+"/caught", "./mail", dir+"/mail",
