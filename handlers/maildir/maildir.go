@@ -272,7 +272,9 @@ func (m *Maildir) EndOfMessage(_ context.Context, s *session.Session) (*session.
 		m.logger.Error("delivery failed", zap.String("queue_id", txn.ID), zap.Strings("maildirs", d.dirs), zap.Error(err))
 		return session.NewReply(451, "4.3.0", "Local delivery failed; try again later"), nil
 	}
-	m.logger.Debug("delivered", zap.String("queue_id", txn.ID), zap.Strings("maildirs", d.dirs), zap.String("file", d.name))
+	// The message's own log line says where it went.
+	txn.AddLogField(zap.Strings("maildirs", d.dirs))
+	txn.AddLogField(zap.String("maildir_file", d.name))
 	return nil, nil
 }
 
