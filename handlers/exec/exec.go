@@ -43,11 +43,9 @@
 package exec
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	osexec "os/exec"
 	"path/filepath"
@@ -59,6 +57,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/spool"
 	"github.com/caddy-esmtp/caddy-esmtp/placeholders"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
@@ -153,36 +152,24 @@ func (e *Exec) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// spoolKey keys a spool by its Exec instance, so two exec sub-handlers in
-// one list never share one.
-type spoolKey struct{ e *Exec }
-
-func (e *Exec) spool(s *session.Session) *spool {
-	sp, _ := s.Transaction().Value(spoolKey{e}).(*spool)
-	return sp
-}
-
-// errSpool is the reply when the spool file cannot be written.
-var errSpool = session.NewReply(451, "4.3.0", "Local error in processing; try again later")
-
 // Header starts the spool on the first field (the Received: field) and
 // writes each field as received.
 func (e *Exec) Header(_ context.Context, s *session.Session, h session.HeaderField) error {
-	sp := e.spool(s)
+	sp := spool.Get[*spool.Spool](s, e)
 	if sp == nil {
 		var err error
-		if sp, err = newSpool(e.TempDir); err != nil {
+		if sp, err = spool.New(e.TempDir, "esmtp-exec-*", nil); err != nil {
 			e.logger.Error("creating the spool file", zap.String("queue_id", s.Transaction().ID), zap.String("dir", e.TempDir), zap.Error(err))
-			return errSpool
+			return spool.ErrReply
 		}
-		s.Transaction().SetValue(spoolKey{e}, sp)
+		spool.Set(s, e, sp)
 	}
 	return e.write(s, sp, h.Raw)
 }
 
 // EndOfHeaders writes the blank line that ended the header section.
 func (e *Exec) EndOfHeaders(_ context.Context, s *session.Session, raw []byte) error {
-	if sp := e.spool(s); sp != nil {
+	if sp := spool.Get[*spool.Spool](s, e); sp != nil {
 		return e.write(s, sp, raw)
 	}
 	return nil
@@ -190,16 +177,16 @@ func (e *Exec) EndOfHeaders(_ context.Context, s *session.Session, raw []byte) e
 
 // Body writes a body chunk.
 func (e *Exec) Body(_ context.Context, s *session.Session, chunk []byte) error {
-	if sp := e.spool(s); sp != nil {
+	if sp := spool.Get[*spool.Spool](s, e); sp != nil {
 		return e.write(s, sp, chunk)
 	}
 	return nil
 }
 
-func (e *Exec) write(s *session.Session, sp *spool, p []byte) error {
-	if _, err := sp.w.Write(p); err != nil {
+func (e *Exec) write(s *session.Session, sp *spool.Spool, p []byte) error {
+	if _, err := sp.Write(p); err != nil {
 		e.logger.Error("writing the spool file", zap.String("queue_id", s.Transaction().ID), zap.Error(err))
-		return errSpool
+		return spool.ErrReply
 	}
 	return nil
 }
@@ -209,17 +196,17 @@ func (e *Exec) write(s *session.Session, sp *spool, p []byte) error {
 // sub-handlers are asked too.
 func (e *Exec) EndOfMessage(ctx context.Context, s *session.Session) (*session.Reply, error) {
 	txn := s.Transaction()
-	sp := e.spool(s)
+	sp := spool.Get[*spool.Spool](s, e)
 	if sp == nil {
 		return nil, errors.New("exec: no message data was streamed")
 	}
-	txn.SetValue(spoolKey{e}, nil)
-	defer sp.close()
-	if err := sp.rewind(); err != nil {
+	spool.Set(s, e, nil)
+	defer sp.Close()
+	if err := sp.Rewind(); err != nil {
 		e.logger.Error("writing the spool file", zap.String("queue_id", txn.ID), zap.Error(err))
-		return errSpool, nil
+		return spool.ErrReply, nil
 	}
-	res := e.run(ctx, s, sp.f)
+	res := e.run(ctx, s, sp.File())
 	if res.exit >= 0 {
 		txn.AddLogField(zap.Int("exec_exit", res.exit))
 	}
@@ -245,12 +232,7 @@ func (e *Exec) EndOfMessage(ctx context.Context, s *session.Session) (*session.R
 
 // Abort closes the spool of a transaction that ended without delivery.
 func (e *Exec) Abort(s *session.Session, _ error) {
-	if txn := s.Transaction(); txn != nil {
-		if sp := e.spool(s); sp != nil {
-			sp.close()
-			txn.SetValue(spoolKey{e}, nil)
-		}
-	}
+	spool.Abort[*spool.Spool](s, e)
 }
 
 // result is the outcome of one run.
@@ -332,50 +314,6 @@ func (b *limitedBuffer) Write(p []byte) (int, error) {
 		b.buf = append(b.buf, p[:min(room, len(p))]...)
 	}
 	return len(p), nil
-}
-
-// spool is a message being written to an (unlinked) temporary file.
-type spool struct {
-	f    *os.File
-	name string // set while the file still has a name to remove
-	w    *bufio.Writer
-}
-
-func newSpool(dir string) (*spool, error) {
-	f, err := os.CreateTemp(dir, "esmtp-exec-*")
-	if err != nil {
-		return nil, err
-	}
-	sp := &spool{f: f, name: f.Name(), w: bufio.NewWriterSize(f, 32<<10)}
-	// Unlink at once where the system allows it: the file lives as long as
-	// it is open (and as the command's stdin), and no crash can leave it
-	// behind.
-	if os.Remove(f.Name()) == nil {
-		sp.name = ""
-	}
-	return sp, nil
-}
-
-// rewind flushes the spool and goes back to its start, for the command.
-func (sp *spool) rewind() error {
-	if err := sp.w.Flush(); err != nil {
-		return err
-	}
-	_, err := sp.f.Seek(0, io.SeekStart)
-	return err
-}
-
-// close closes the file (and removes it where it could not be unlinked at
-// creation).
-func (sp *spool) close() {
-	if sp.f != nil {
-		sp.f.Close()
-		sp.f = nil
-	}
-	if sp.name != "" {
-		os.Remove(sp.name)
-		sp.name = ""
-	}
 }
 
 // UnmarshalCaddyfile sets up the sub-handler from Caddyfile tokens. Syntax:

@@ -80,21 +80,21 @@ func TestStdinByteExact(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "out")
 			e := provision(t, &Exec{Command: sh, Args: []string{out}})
-			ts := serve(t, session.Config{}, e)
-			c := dial(ts)
-			if r := mail(c, msg, "rcpt@example.test"); !strings.HasPrefix(r, "250 2.0.0 ") {
+			ts := smtptest.ServeConfig(t, session.Config{}, e)
+			c := ts.DialTCPHello()
+			if r := smtptest.Mail(c, msg, "rcpt@example.test"); !strings.HasPrefix(r, "250 2.0.0 ") {
 				t.Fatalf("end of data: %q", r)
 			}
 			got, err := os.ReadFile(out)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if body := splitReceived(t, got); !bytes.Equal(body, []byte(msg)) {
+			if body := smtptest.SplitReceived(t, got); !bytes.Equal(body, []byte(msg)) {
 				t.Errorf("stdin differs\n got: %q\nwant: %q", body, msg)
 			}
 			c.Cmd("QUIT", "221")
 			ts.Close()
-			assertNoSpool(t, e.TempDir)
+			smtptest.AssertNoSpool(t, e.TempDir)
 		})
 	}
 }
@@ -108,8 +108,8 @@ func TestArgv(t *testing.T) {
 		"{esmtp.helo}", "[{esmtp.auth}]", "[{esmtp.auth_user}]", "{esmtp.tls}", "{env.EXEC_TEST_VAR}",
 		"{esmtp.rcpt.local} at {esmtp.rcpt.domain}", "--", "{esmtp.rcpt}",
 	}})
-	ts := serve(t, session.Config{}, e)
-	c := dial(ts)
+	ts := smtptest.ServeConfig(t, session.Config{}, e)
+	c := ts.DialTCPHello()
 	// Envelope values that look like placeholders stay as they are.
 	c.Cmd("MAIL FROM:<{esmtp.helo}@example.test>", "250")
 	c.Cmd("RCPT TO:<-one@Example.TEST>", "250")
@@ -167,8 +167,8 @@ func TestExitStatus(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := provision(t, &Exec{Command: script(t, tc.body)})
 			log, logs := observed()
-			ts := serve(t, session.Config{Logger: log}, e)
-			c := dial(ts)
+			ts := smtptest.ServeConfig(t, session.Config{Logger: log}, e)
+			c := ts.DialTCPHello()
 			c.Cmd("MAIL FROM:<a@example.test>", "250")
 			c.Cmd("RCPT TO:<b@example.test>", "250")
 			c.Cmd("DATA", "354")
@@ -196,7 +196,7 @@ func TestExitStatus(t *testing.T) {
 			if got, _ := f["exec_stderr"].(string); got != tc.stderr {
 				t.Errorf("exec_stderr = %q, want %q", got, tc.stderr)
 			}
-			assertNoSpool(t, e.TempDir)
+			smtptest.AssertNoSpool(t, e.TempDir)
 		})
 	}
 }
@@ -208,9 +208,9 @@ func TestTimeoutKills(t *testing.T) {
 	sh := script(t, `sleep 3600 & echo $! > "$1"; wait`)
 	e := provision(t, &Exec{Command: sh, Args: []string{pidFile}, Timeout: caddy.Duration(200 * time.Millisecond)})
 	log, logs := observed()
-	ts := serve(t, session.Config{Logger: log}, e)
-	c := dial(ts)
-	if r := mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
+	ts := smtptest.ServeConfig(t, session.Config{Logger: log}, e)
+	c := ts.DialTCPHello()
+	if r := smtptest.Mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
 		t.Fatalf("end of data: %q", r)
 	}
 	c.Cmd("QUIT", "221")
@@ -219,7 +219,7 @@ func TestTimeoutKills(t *testing.T) {
 	if msg, _ := f["exec_error"].(string); !strings.Contains(msg, "killed after") {
 		t.Errorf("exec_error = %q", msg)
 	}
-	assertNoSpool(t, e.TempDir)
+	smtptest.AssertNoSpool(t, e.TempDir)
 	if runtime.GOOS == "linux" {
 		pid, err := os.ReadFile(pidFile)
 		if err != nil {
@@ -240,9 +240,9 @@ func TestBoundedByHandlerTimeout(t *testing.T) {
 	sh := script(t, `exec sleep 3600`)
 	e := provision(t, &Exec{Command: sh, Timeout: caddy.Duration(time.Hour)})
 	log, logs := observed()
-	ts := serve(t, session.Config{HandlerTimeout: time.Second, Logger: log}, e)
-	c := dial(ts)
-	if r := mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
+	ts := smtptest.ServeConfig(t, session.Config{HandlerTimeout: time.Second, Logger: log}, e)
+	c := ts.DialTCPHello()
+	if r := smtptest.Mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
 		t.Fatalf("end of data: %q", r)
 	}
 	c.Cmd("QUIT", "221")
@@ -257,13 +257,13 @@ func TestCommandGone(t *testing.T) {
 	sh := script(t, `exit 0`)
 	e := provision(t, &Exec{Command: sh})
 	os.Remove(sh)
-	ts := serve(t, session.Config{}, e)
-	c := dial(ts)
-	if r := mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
+	ts := smtptest.ServeConfig(t, session.Config{}, e)
+	c := ts.DialTCPHello()
+	if r := smtptest.Mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
 		t.Fatalf("end of data: %q", r)
 	}
 	ts.Close()
-	assertNoSpool(t, e.TempDir)
+	smtptest.AssertNoSpool(t, e.TempDir)
 }
 
 // TestTwoInstances: two exec sub-handlers in one list keep their own
@@ -273,9 +273,9 @@ func TestTwoInstances(t *testing.T) {
 	dir := t.TempDir()
 	e1 := provision(t, &Exec{Command: sh, Args: []string{filepath.Join(dir, "one")}})
 	e2 := provision(t, &Exec{Command: sh, Args: []string{filepath.Join(dir, "two")}})
-	ts := serve(t, session.Config{}, e1, e2)
-	c := dial(ts)
-	if r := mail(c, messages["dots"], "rcpt@example.test"); !strings.HasPrefix(r, "250 ") {
+	ts := smtptest.ServeConfig(t, session.Config{}, e1, e2)
+	c := ts.DialTCPHello()
+	if r := smtptest.Mail(c, messages["dots"], "rcpt@example.test"); !strings.HasPrefix(r, "250 ") {
 		t.Fatalf("end of data: %q", r)
 	}
 	for _, n := range []string{"one", "two"} {
@@ -283,7 +283,7 @@ func TestTwoInstances(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if body := splitReceived(t, got); string(body) != messages["dots"] {
+		if body := smtptest.SplitReceived(t, got); string(body) != messages["dots"] {
 			t.Errorf("%s: %q", n, body)
 		}
 	}
@@ -296,12 +296,12 @@ func TestAbortClosesSpool(t *testing.T) {
 	marker := filepath.Join(t.TempDir(), "ran")
 	e := provision(t, &Exec{Command: script(t, `touch "$1"`), Args: []string{marker}})
 	started := make(chan struct{})
-	ts := serve(t, session.Config{MaxMessageSize: 10000}, failing{}, e, eohSignal{started})
-	c := dial(ts)
-	if r := mail(c, messages["big"], "rcpt@example.test"); !strings.HasPrefix(r, "552 ") {
+	ts := smtptest.ServeConfig(t, session.Config{MaxMessageSize: 10000}, smtptest.Failing{}, e, smtptest.EOHSignal{Ch: started})
+	c := ts.DialTCPHello()
+	if r := smtptest.Mail(c, messages["big"], "rcpt@example.test"); !strings.HasPrefix(r, "552 ") {
 		t.Fatalf("too big: %q", r)
 	}
-	if r := mail(c, "Subject: fail\r\n\r\nx\r\n", "rcpt@example.test"); !strings.HasPrefix(r, "550 5.7.1 ") {
+	if r := smtptest.Mail(c, "Subject: fail\r\n\r\nx\r\n", "rcpt@example.test"); !strings.HasPrefix(r, "550 5.7.1 ") {
 		t.Fatalf("failed by an earlier sub-handler: %q", r)
 	}
 	c.Cmd("MAIL FROM:<a@example.test>", "250")
@@ -314,7 +314,7 @@ func TestAbortClosesSpool(t *testing.T) {
 	if _, err := os.Stat(marker); err == nil {
 		t.Errorf("the command ran for an aborted message")
 	}
-	assertNoSpool(t, e.TempDir)
+	smtptest.AssertNoSpool(t, e.TempDir)
 }
 
 func TestProvisionErrors(t *testing.T) {
@@ -332,7 +332,7 @@ func TestProvisionErrors(t *testing.T) {
 		{&Exec{Command: sh, TempDir: filepath.Join(t.TempDir(), "missing")}, "temp_dir:"},
 	}
 	for _, tc := range cases {
-		err := tryProvision(tc.e)
+		err := smtptest.Provision(tc.e)
 		if err == nil || !strings.Contains(err.Error(), "exec: "+tc.want) {
 			t.Errorf("%+v: got %v, want an error naming %q", tc.e, err, tc.want)
 		}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -78,14 +79,14 @@ func TestCleanupSparesDeliveryInFlight(t *testing.T) {
 	c.Cmd("RCPT TO:<a@example.test>", "250")
 	c.Cmd("DATA", "354")
 	first := "Subject: in flight\r\n\r\n" + strings.Repeat("line\r\n", 20000)
-	c.Send(stuff(first))
+	c.Send(smtptest.Stuff(first))
 	waitFile(t, filepath.Join(dir, "tmp"))
 	provision(t, dir) // the "new configuration"
-	c.Send(stuff("last\r\n") + ".\r\n")
+	c.Send(smtptest.Stuff("last\r\n") + ".\r\n")
 	c.Expect("250 2.0.0 ")
 	c.Cmd("QUIT", "221")
 	ts.Close()
-	if _, file := only(t, dir); string(body(t, file)) != first+"last\r\n" {
+	if _, file := only(t, dir); string(smtptest.SplitReceived(t, file)) != first+"last\r\n" {
 		t.Errorf("delivered message differs (%d bytes)", len(file))
 	}
 }
@@ -105,7 +106,7 @@ func TestPerRecipientCleansOnFirstUse(t *testing.T) {
 	}
 	ts := startServer(t, m, session.Config{})
 	c := dial(ts)
-	if r := mail(c, "Subject: x\r\n\r\nbody\r\n", "a@example.test"); !strings.HasPrefix(r, "250 ") {
+	if r := smtptest.Mail(c, "Subject: x\r\n\r\nbody\r\n", "a@example.test"); !strings.HasPrefix(r, "250 ") {
 		t.Fatalf("got %q", r)
 	}
 	c.Cmd("QUIT", "221")
@@ -120,7 +121,7 @@ func TestFileNamePattern(t *testing.T) {
 	m := provision(t, dir)
 	ts := startServer(t, m, session.Config{})
 	c := dial(ts)
-	mail(c, "Subject: x\r\n\r\nbody\r\n", "a@example.test")
+	smtptest.Mail(c, "Subject: x\r\n\r\nbody\r\n", "a@example.test")
 	c.Cmd("QUIT", "221")
 	ts.Close()
 	name, _ := only(t, dir)

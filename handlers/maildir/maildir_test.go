@@ -54,29 +54,6 @@ func dial(ts *smtptest.Server) *smtptest.Client {
 	return ts.DialTCP().Hello("client.example.test")
 }
 
-// mail sends one message (CRLF line ends, ending in CRLF) to rcpts with
-// DATA, dot-stuffing it, and returns the final reply.
-func mail(c *smtptest.Client, msg string, rcpts ...string) string {
-	c.Cmd("MAIL FROM:<sender@example.test>", "250")
-	for _, r := range rcpts {
-		c.Cmd("RCPT TO:<"+r+">", "250")
-	}
-	c.Cmd("DATA", "354")
-	c.Send(stuff(msg) + ".\r\n")
-	return c.ReadReply().Last()
-}
-
-// stuff dot-stuffs msg (RFC 5321 4.5.2).
-func stuff(msg string) string {
-	lines := strings.SplitAfter(msg, "\r\n")
-	for i, l := range lines {
-		if strings.HasPrefix(l, ".") {
-			lines[i] = "." + l
-		}
-	}
-	return strings.Join(lines, "")
-}
-
 // files returns the names of the entries of dir, sorted; a missing dir has
 // none.
 func files(tb testing.TB, dir string) []string {
@@ -124,30 +101,6 @@ func only(tb testing.TB, maildir string) (name string, content []byte) {
 	panic("unreachable")
 }
 
-// body checks that file is a Received: field by our hostname followed by
-// the message, and returns the message part.
-func body(tb testing.TB, file []byte) []byte {
-	tb.Helper()
-	if !bytes.HasPrefix(file, []byte("Received: from ")) {
-		tb.Fatalf("file does not start with Received: %q", file)
-	}
-	end := 0
-	for { // the field ends at the first CRLF not followed by white space
-		i := bytes.Index(file[end:], []byte("\r\n"))
-		if i < 0 {
-			tb.Fatalf("unterminated Received: field in %q", file)
-		}
-		end += i + 2
-		if end >= len(file) || (file[end] != '\t' && file[end] != ' ') {
-			break
-		}
-	}
-	if !bytes.Contains(file[:end], []byte("by mx.example.test with ESMTP id ")) {
-		tb.Errorf("unexpected Received: field %q", file[:end])
-	}
-	return file[end:]
-}
-
 // assertEmpty checks that neither tmp/ nor new/ of maildir holds a file.
 func assertEmpty(tb testing.TB, maildir string) {
 	tb.Helper()
@@ -189,13 +142,13 @@ func TestDeliverByteForByte(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "mail")
 			ts := startServer(t, provision(t, dir), session.Config{})
 			c := dial(ts)
-			if r := mail(c, msg, "rcpt@example.test"); !strings.HasPrefix(r, "250 2.0.0 ") {
+			if r := smtptest.Mail(c, msg, "rcpt@example.test"); !strings.HasPrefix(r, "250 2.0.0 ") {
 				t.Fatalf("end of data: %q", r)
 			}
 			c.Cmd("QUIT", "221")
 			ts.Close()
 			fname, file := only(t, dir)
-			if got := body(t, file); !bytes.Equal(got, []byte(msg)) {
+			if got := smtptest.SplitReceived(t, file); !bytes.Equal(got, []byte(msg)) {
 				t.Errorf("delivered message differs\n got: %q\nwant: %q", got, msg)
 			}
 			if !bytes.Contains(file, []byte("\r\n\tfor <rcpt@example.test>;")) {
@@ -223,7 +176,7 @@ func TestUniqueNamesParallel(t *testing.T) {
 			for j := range perConn {
 				i := k*perConn + j
 				msg := fmt.Sprintf("Message-ID: <%d@example.test>\r\nSubject: %d\r\n\r\nmessage %d\r\n", i, i, i)
-				if r := mail(c, msg, "rcpt@example.test"); !strings.HasPrefix(r, "250 ") {
+				if r := smtptest.Mail(c, msg, "rcpt@example.test"); !strings.HasPrefix(r, "250 ") {
 					t.Errorf("message %d: %q", i, r)
 					return
 				}
@@ -238,7 +191,7 @@ func TestUniqueNamesParallel(t *testing.T) {
 		t.Fatalf("%d files in new/, want %d", len(msgs), conns*perConn)
 	}
 	for _, file := range msgs {
-		m := string(body(t, file))
+		m := string(smtptest.SplitReceived(t, file))
 		if !want[m] {
 			t.Errorf("unexpected or duplicate message %q", m)
 		}
@@ -257,7 +210,7 @@ func TestPerRecipient(t *testing.T) {
 	}
 	c := dial(ts)
 	msg := "Subject: three\r\n\r\n.one\r\nbody\r\n"
-	if r := mail(c, msg, "a@one.test", "b@ONE.test", "c@two.test"); !strings.HasPrefix(r, "250 ") {
+	if r := smtptest.Mail(c, msg, "a@one.test", "b@ONE.test", "c@two.test"); !strings.HasPrefix(r, "250 ") {
 		t.Fatalf("end of data: %q", r)
 	}
 	c.Cmd("QUIT", "221")
@@ -265,7 +218,7 @@ func TestPerRecipient(t *testing.T) {
 	var first []byte
 	for _, d := range []string{"one.test/a", "one.test/b", "two.test/c"} {
 		_, file := only(t, filepath.Join(base, d))
-		if got := body(t, file); string(got) != msg {
+		if got := smtptest.SplitReceived(t, file); string(got) != msg {
 			t.Errorf("%s: got %q, want %q", d, got, msg)
 		}
 		if first == nil {
@@ -284,7 +237,7 @@ func TestPerRecipientDistinctTargets(t *testing.T) {
 	base := t.TempDir()
 	ts := startServer(t, provision(t, filepath.Join(base, "{esmtp.rcpt.domain}")), session.Config{})
 	c := dial(ts)
-	if r := mail(c, "Subject: x\r\n\r\nx\r\n", "a@one.test", "b@One.Test", "c@two.test"); !strings.HasPrefix(r, "250 ") {
+	if r := smtptest.Mail(c, "Subject: x\r\n\r\nx\r\n", "a@one.test", "b@One.Test", "c@two.test"); !strings.HasPrefix(r, "250 ") {
 		t.Fatalf("end of data: %q", r)
 	}
 	ts.Close()
@@ -306,10 +259,10 @@ func TestPerRecipientAliasedTargets(t *testing.T) {
 	ts := startServer(t, provision(t, filepath.Join(base, "{esmtp.rcpt.domain}")), session.Config{})
 	c := dial(ts)
 	msg := "Subject: alias\r\n\r\nbody\r\n"
-	if r := mail(c, msg, "a@one.test", "b@alias.test"); !strings.HasPrefix(r, "250 ") {
+	if r := smtptest.Mail(c, msg, "a@one.test", "b@alias.test"); !strings.HasPrefix(r, "250 ") {
 		t.Fatalf("end of data: %q", r)
 	}
-	if r := mail(c, msg, "b@alias.test", "a@one.test"); !strings.HasPrefix(r, "250 ") {
+	if r := smtptest.Mail(c, msg, "b@alias.test", "a@one.test"); !strings.HasPrefix(r, "250 ") {
 		t.Fatalf("end of data: %q", r)
 	}
 	c.Cmd("QUIT", "221")
@@ -319,7 +272,7 @@ func TestPerRecipientAliasedTargets(t *testing.T) {
 		t.Fatalf("%d files in one.test/new, want 2", len(msgs))
 	}
 	for _, file := range msgs {
-		if got := body(t, file); string(got) != msg {
+		if got := smtptest.SplitReceived(t, file); string(got) != msg {
 			t.Errorf("got %q", got)
 		}
 	}
@@ -351,7 +304,7 @@ func TestPerRecipientCannotEscape(t *testing.T) {
 				`""@x.test`,
 				`Postmaster`,
 			}
-			if r := mail(c, "Subject: escape\r\n\r\nx\r\n", rcpts...); !strings.HasPrefix(r, "250 ") {
+			if r := smtptest.Mail(c, "Subject: escape\r\n\r\nx\r\n", rcpts...); !strings.HasPrefix(r, "250 ") {
 				t.Fatalf("end of data: %q", r)
 			}
 			ts.Close()
@@ -405,7 +358,7 @@ func TestWriteFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := dial(ts)
-	if r := mail(c, "Subject: x\r\n\r\nbody\r\n", "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
+	if r := smtptest.Mail(c, "Subject: x\r\n\r\nbody\r\n", "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
 		t.Fatalf("end of data with new/ a regular file: %q, want 451 4.3.0", r)
 	}
 	if left := files(t, filepath.Join(dir, "tmp")); len(left) > 0 {
@@ -421,12 +374,12 @@ func TestWriteFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	msg := "Subject: again\r\n\r\nbody\r\n"
-	if r := mail(c, msg, "rcpt@example.test"); !strings.HasPrefix(r, "250 ") {
+	if r := smtptest.Mail(c, msg, "rcpt@example.test"); !strings.HasPrefix(r, "250 ") {
 		t.Fatalf("end of data after repair: %q", r)
 	}
 	c.Cmd("QUIT", "221")
 	ts.Close()
-	if _, file := only(t, dir); string(body(t, file)) != msg {
+	if _, file := only(t, dir); string(smtptest.SplitReceived(t, file)) != msg {
 		t.Errorf("got %q", file)
 	}
 }
@@ -439,7 +392,7 @@ func TestWriteFailurePathUnderFile(t *testing.T) {
 	}
 	ts := startServer(t, provision(t, filepath.Join(file, "{esmtp.rcpt.local}")), session.Config{})
 	c := dial(ts)
-	if r := mail(c, "Subject: x\r\n\r\nbody\r\n", "a@x.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
+	if r := smtptest.Mail(c, "Subject: x\r\n\r\nbody\r\n", "a@x.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
 		t.Fatalf("end of data: %q, want 451 4.3.0", r)
 	}
 	c.Cmd("QUIT", "221")
@@ -470,7 +423,7 @@ func TestWriteFailurePerRecipient(t *testing.T) {
 			}
 			ts := startServer(t, provision(t, filepath.Join(base, "{esmtp.rcpt.local}")), session.Config{})
 			c := dial(ts)
-			if r := mail(c, "Subject: x\r\n\r\nbody\r\n", order[0]+"@x.test", order[1]+"@x.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
+			if r := smtptest.Mail(c, "Subject: x\r\n\r\nbody\r\n", order[0]+"@x.test", order[1]+"@x.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
 				t.Fatalf("end of data: %q, want 451 4.3.0", r)
 			}
 			c.Cmd("QUIT", "221")
@@ -570,7 +523,7 @@ func TestRsetLeavesNothing(t *testing.T) {
 	c.Expect("250 2.0.0 ")
 	c.Cmd("QUIT", "221")
 	ts.Close()
-	if _, file := only(t, dir); string(body(t, file)) != chunk+"second\r\n" {
+	if _, file := only(t, dir); string(smtptest.SplitReceived(t, file)) != chunk+"second\r\n" {
 		t.Errorf("got %q", file)
 	}
 }

@@ -30,7 +30,6 @@
 package webhook
 
 import (
-	"bufio"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -54,6 +53,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
+	spoolfile "github.com/caddy-esmtp/caddy-esmtp/internal/spool"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -265,29 +265,17 @@ func validHeaderName(name string) bool {
 	return true
 }
 
-// spoolKey keys a spool by its Webhook instance, so two webhook
-// sub-handlers in one list never share one.
-type spoolKey struct{ w *Webhook }
-
-func (w *Webhook) spool(s *session.Session) *spool {
-	sp, _ := s.Transaction().Value(spoolKey{w}).(*spool)
-	return sp
-}
-
-// errSpool is the reply when the spool file cannot be written.
-var errSpool = session.NewReply(451, "4.3.0", "Local error in processing; try again later")
-
 // Header starts the spool on the first field (the Received: field) and
 // writes each field.
 func (w *Webhook) Header(_ context.Context, s *session.Session, h session.HeaderField) error {
-	sp := w.spool(s)
+	sp := spoolfile.Get[*spool](s, w)
 	if sp == nil {
 		var err error
 		if sp, err = w.start(s); err != nil {
 			w.logger.Error("creating the spool file", zap.String("queue_id", s.Transaction().ID), zap.String("dir", w.TempDir), zap.Error(err))
-			return errSpool
+			return spoolfile.ErrReply
 		}
-		s.Transaction().SetValue(spoolKey{w}, sp)
+		spoolfile.Set(s, w, sp)
 	}
 	if w.json {
 		sp.header(h)
@@ -300,7 +288,7 @@ func (w *Webhook) Header(_ context.Context, s *session.Session, h session.Header
 // EndOfHeaders writes the blank line that ended the header section (raw),
 // or ends the header list and starts the body string (json).
 func (w *Webhook) EndOfHeaders(_ context.Context, s *session.Session, raw []byte) error {
-	sp := w.spool(s)
+	sp := spoolfile.Get[*spool](s, w)
 	if sp == nil {
 		return nil
 	}
@@ -314,7 +302,7 @@ func (w *Webhook) EndOfHeaders(_ context.Context, s *session.Session, raw []byte
 
 // Body writes a body chunk.
 func (w *Webhook) Body(_ context.Context, s *session.Session, chunk []byte) error {
-	sp := w.spool(s)
+	sp := spoolfile.Get[*spool](s, w)
 	if sp == nil {
 		return nil
 	}
@@ -329,7 +317,7 @@ func (w *Webhook) Body(_ context.Context, s *session.Session, chunk []byte) erro
 func (w *Webhook) check(s *session.Session, sp *spool) error {
 	if sp.err != nil {
 		w.logger.Error("writing the spool file", zap.String("queue_id", s.Transaction().ID), zap.Error(sp.err))
-		return errSpool
+		return spoolfile.ErrReply
 	}
 	return nil
 }
@@ -338,19 +326,19 @@ func (w *Webhook) check(s *session.Session, sp *spool) error {
 // once the receiver answered 2xx, so later sub-handlers are asked too.
 func (w *Webhook) EndOfMessage(ctx context.Context, s *session.Session) (*session.Reply, error) {
 	txn := s.Transaction()
-	sp := w.spool(s)
+	sp := spoolfile.Get[*spool](s, w)
 	if sp == nil {
 		return nil, errors.New("webhook: no message data was streamed")
 	}
-	txn.SetValue(spoolKey{w}, nil)
-	defer sp.close()
+	spoolfile.Set(s, w, nil)
+	defer sp.Close()
 	if w.json {
 		sp.flushText()
 		sp.writeString(`"}`)
 	}
 	if err := sp.finish(); err != nil {
 		w.logger.Error("writing the spool file", zap.String("queue_id", txn.ID), zap.Error(err))
-		return errSpool, nil
+		return spoolfile.ErrReply, nil
 	}
 	res := w.deliver(ctx, s, sp)
 	txn.AddLogField(zap.Int("webhook_attempts", res.attempts))
@@ -376,12 +364,7 @@ func (w *Webhook) EndOfMessage(ctx context.Context, s *session.Session) (*sessio
 
 // Abort closes the spool of a transaction that ended without delivery.
 func (w *Webhook) Abort(s *session.Session, _ error) {
-	if txn := s.Transaction(); txn != nil {
-		if sp := w.spool(s); sp != nil {
-			sp.close()
-			txn.SetValue(spoolKey{w}, nil)
-		}
-	}
+	spoolfile.Abort[*spool](s, w)
 }
 
 // result is the outcome of a delivery.
@@ -549,7 +532,7 @@ func (w *Webhook) start(s *session.Session) (*spool, error) {
 		}
 		b, err := json.Marshal(env)
 		if err != nil {
-			sp.close()
+			sp.Close()
 			return nil, err
 		}
 		sp.writeString(`{"envelope":`)
@@ -559,12 +542,12 @@ func (w *Webhook) start(s *session.Session) (*spool, error) {
 	return sp, nil
 }
 
-// spool is a message being written to an (unlinked) temporary file.
+// spool is a message being written to a spool file (package
+// internal/spool), with the state of the json format.
 type spool struct {
-	f     *os.File
-	name  string // set while the file still has a name to remove
-	w     *bufio.Writer
-	mac   hash.Hash // nil without a secret
+	file  *spoolfile.Spool
+	w     bufferedWriter // file (a bare buffer in tests)
+	mac   hash.Hash      // nil without a secret
 	size  int64
 	err   error
 	n     int     // header fields written (json)
@@ -572,23 +555,25 @@ type spool struct {
 	esc   [6]byte // scratch for \u00XX
 }
 
+// bufferedWriter is where a spool writes.
+type bufferedWriter interface {
+	io.Writer
+	io.StringWriter
+	Flush() error
+}
+
 func newSpool(dir string, secret []byte) (*spool, error) {
-	f, err := os.CreateTemp(dir, "esmtp-webhook-*")
+	sp := &spool{}
+	var tee io.Writer
+	if secret != nil {
+		sp.mac = hmac.New(sha256.New, secret)
+		tee = sp.mac
+	}
+	f, err := spoolfile.New(dir, "esmtp-webhook-*", tee)
 	if err != nil {
 		return nil, err
 	}
-	sp := &spool{f: f, name: f.Name()}
-	// Unlink at once where the system allows it: the file lives as long as
-	// it is open, and no crash can leave it behind.
-	if os.Remove(f.Name()) == nil {
-		sp.name = ""
-	}
-	var out io.Writer = f
-	if secret != nil {
-		sp.mac = hmac.New(sha256.New, secret)
-		out = io.MultiWriter(f, sp.mac)
-	}
-	sp.w = bufio.NewWriterSize(out, 32<<10)
+	sp.file, sp.w = f, f
 	return sp, nil
 }
 
@@ -697,10 +682,7 @@ func (sp *spool) finish() error {
 	if sp.err != nil {
 		return sp.err
 	}
-	if err := sp.w.Flush(); err != nil {
-		return err
-	}
-	size, err := sp.f.Seek(0, io.SeekCurrent)
+	size, err := sp.file.Size()
 	if err != nil {
 		return err
 	}
@@ -712,21 +694,11 @@ func (sp *spool) finish() error {
 // reads with ReadAt, so a transport still reading an earlier attempt's
 // body does not disturb it.
 func (sp *spool) reader() io.ReadCloser {
-	return io.NopCloser(io.NewSectionReader(sp.f, 0, sp.size))
+	return io.NopCloser(io.NewSectionReader(sp.file.File(), 0, sp.size))
 }
 
-// close closes the file (and removes it where it could not be unlinked at
-// creation).
-func (sp *spool) close() {
-	if sp.f != nil {
-		sp.f.Close()
-		sp.f = nil
-	}
-	if sp.name != "" {
-		os.Remove(sp.name)
-		sp.name = ""
-	}
-}
+// Close closes the spool file (see spoolfile.Spool.Close).
+func (sp *spool) Close() { sp.file.Close() }
 
 // UnmarshalCaddyfile sets up the sub-handler from Caddyfile tokens. Syntax:
 //

@@ -96,15 +96,15 @@ func TestRawByteExact(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			rc := newReceiver(t, nil)
 			w := provision(t, &Webhook{URL: rc.URL + "/in"})
-			ts := serve(t, session.Config{}, w)
-			c := dial(ts)
-			r := mail(c, msg, "one@example.test", "two@example.test")
+			ts := smtptest.ServeConfig(t, session.Config{}, w)
+			c := ts.DialTCPHello()
+			r := smtptest.Mail(c, msg, "one@example.test", "two@example.test")
 			if !strings.HasPrefix(r, "250 2.0.0 ") {
 				t.Fatalf("end of data: %q", r)
 			}
 			queueID := strings.Fields(r)[2]
 			req := rc.only(t)
-			if got := splitReceived(t, req.body); !bytes.Equal(got, []byte(msg)) {
+			if got := smtptest.SplitReceived(t, req.body); !bytes.Equal(got, []byte(msg)) {
 				t.Errorf("POSTed message differs\n got: %q\nwant: %q", got, msg)
 			}
 			want := map[string][]string{
@@ -127,7 +127,7 @@ func TestRawByteExact(t *testing.T) {
 			}
 			c.Cmd("QUIT", "221")
 			ts.Close()
-			assertNoSpool(t, w.TempDir)
+			smtptest.AssertNoSpool(t, w.TempDir)
 		})
 	}
 }
@@ -155,11 +155,11 @@ func TestJSONShape(t *testing.T) {
 	w := provision(t, &Webhook{URL: rc.URL, Format: "json"})
 	// Small chunks, so multi-byte characters are cut between chunks at
 	// every offset.
-	ts := serve(t, session.Config{ChunkSize: 512}, w)
-	c := dial(ts)
+	ts := smtptest.ServeConfig(t, session.Config{ChunkSize: 512}, w)
+	c := ts.DialTCPHello()
 	body := strings.Repeat("é€😀 \"quoted\" back\\slash\ttab\x01\r\n", 100) + "bad \xff\xfe utf-8\r\n"
 	msg := "From: a@example.test\r\nSubject: a\r\n folded\r\n\tfield\r\nX-Quote: \"x\" \\ y\r\n\r\n" + body
-	r := mail(c, msg, "one@example.test", "two@example.test")
+	r := smtptest.Mail(c, msg, "one@example.test", "two@example.test")
 	if !strings.HasPrefix(r, "250 2.0.0 ") {
 		t.Fatalf("end of data: %q", r)
 	}
@@ -200,14 +200,14 @@ func TestJSONShape(t *testing.T) {
 		t.Errorf("body differs\n got: %q\nwant: %q", m.Body, wantBody)
 	}
 	ts.Close()
-	assertNoSpool(t, w.TempDir)
+	smtptest.AssertNoSpool(t, w.TempDir)
 }
 
 func TestJSONNullSenderNoBody(t *testing.T) {
 	rc := newReceiver(t, nil)
 	w := provision(t, &Webhook{URL: rc.URL, Format: "json"})
-	ts := serve(t, session.Config{}, w)
-	c := dial(ts)
+	ts := smtptest.ServeConfig(t, session.Config{}, w)
+	c := ts.DialTCPHello()
 	c.Cmd("MAIL FROM:<>", "250")
 	c.Cmd("RCPT TO:<postmaster@example.test>", "250")
 	c.Cmd("DATA", "354")
@@ -293,9 +293,9 @@ func TestStatusCodes(t *testing.T) {
 				w.WriteHeader(tc.status)
 			})
 			w := provision(t, &Webhook{URL: rc.URL, Retries: intp(2), Backoff: caddy.Duration(time.Millisecond)})
-			ts := serve(t, session.Config{}, w)
-			c := dial(ts)
-			if r := mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, tc.reply) {
+			ts := smtptest.ServeConfig(t, session.Config{}, w)
+			c := ts.DialTCPHello()
+			if r := smtptest.Mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, tc.reply) {
 				t.Errorf("got %q, want %q", r, tc.reply)
 			}
 			reqs := rc.requests()
@@ -308,11 +308,11 @@ func TestStatusCodes(t *testing.T) {
 				}
 			}
 			// A rejected message leaves the session usable.
-			if r := mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, tc.reply) {
+			if r := smtptest.Mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, tc.reply) {
 				t.Errorf("second message: got %q, want %q", r, tc.reply)
 			}
 			ts.Close()
-			assertNoSpool(t, w.TempDir)
+			smtptest.AssertNoSpool(t, w.TempDir)
 		})
 	}
 }
@@ -332,9 +332,9 @@ func TestFailTimeoutRecover(t *testing.T) {
 		}
 	})
 	w := provision(t, &Webhook{URL: rc.URL, Timeout: caddy.Duration(300 * time.Millisecond), Backoff: caddy.Duration(time.Millisecond)})
-	ts := serve(t, session.Config{}, w)
-	c := dial(ts)
-	if r := mail(c, messages["dots"], "rcpt@example.test"); !strings.HasPrefix(r, "250 2.0.0 ") {
+	ts := smtptest.ServeConfig(t, session.Config{}, w)
+	c := ts.DialTCPHello()
+	if r := smtptest.Mail(c, messages["dots"], "rcpt@example.test"); !strings.HasPrefix(r, "250 2.0.0 ") {
 		t.Fatalf("end of data: %q", r)
 	}
 	reqs := rc.requests()
@@ -342,7 +342,7 @@ func TestFailTimeoutRecover(t *testing.T) {
 		t.Fatalf("%d requests, want 3", len(reqs))
 	}
 	for i, req := range reqs {
-		if got := splitReceived(t, req.body); string(got) != messages["dots"] {
+		if got := smtptest.SplitReceived(t, req.body); string(got) != messages["dots"] {
 			t.Errorf("attempt %d: body %q", i, got)
 		}
 	}
@@ -353,17 +353,17 @@ func TestFailTimeoutRecover(t *testing.T) {
 func TestTimeoutThenGiveUp(t *testing.T) {
 	rc := newReceiver(t, hang)
 	w := provision(t, &Webhook{URL: rc.URL, Timeout: caddy.Duration(100 * time.Millisecond), Retries: intp(1), Backoff: caddy.Duration(time.Millisecond)})
-	ts := serve(t, session.Config{}, w)
-	c := dial(ts)
-	mail(c, messages["plain"], "rcpt@example.test")
-	if r := mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
+	ts := smtptest.ServeConfig(t, session.Config{}, w)
+	c := ts.DialTCPHello()
+	smtptest.Mail(c, messages["plain"], "rcpt@example.test")
+	if r := smtptest.Mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
 		t.Fatalf("end of data: %q", r)
 	}
 	if n := len(rc.requests()); n != 4 {
 		t.Errorf("%d requests for two messages, want 4", n)
 	}
 	ts.Close()
-	assertNoSpool(t, w.TempDir)
+	smtptest.AssertNoSpool(t, w.TempDir)
 }
 
 // TestBoundedByHandlerTimeout: retries and their waits stop when the
@@ -371,9 +371,9 @@ func TestTimeoutThenGiveUp(t *testing.T) {
 func TestBoundedByHandlerTimeout(t *testing.T) {
 	rc := newReceiver(t, hang)
 	w := provision(t, &Webhook{URL: rc.URL, Timeout: caddy.Duration(time.Hour), Retries: intp(100), Backoff: caddy.Duration(time.Hour)})
-	ts := serve(t, session.Config{HandlerTimeout: time.Second}, w)
-	c := dial(ts)
-	if r := mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
+	ts := smtptest.ServeConfig(t, session.Config{HandlerTimeout: time.Second}, w)
+	c := ts.DialTCPHello()
+	if r := smtptest.Mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
 		t.Fatalf("end of data: %q", r)
 	}
 	if n := len(rc.requests()); n != 1 {
@@ -386,13 +386,13 @@ func TestConnectionRefused(t *testing.T) {
 	url := rc.URL
 	rc.Close()
 	w := provision(t, &Webhook{URL: url, Retries: intp(1), Backoff: caddy.Duration(time.Millisecond)})
-	ts := serve(t, session.Config{}, w)
-	c := dial(ts)
-	if r := mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
+	ts := smtptest.ServeConfig(t, session.Config{}, w)
+	c := ts.DialTCPHello()
+	if r := smtptest.Mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
 		t.Fatalf("end of data: %q", r)
 	}
 	ts.Close()
-	assertNoSpool(t, w.TempDir)
+	smtptest.AssertNoSpool(t, w.TempDir)
 }
 
 func TestSignature(t *testing.T) {
@@ -400,9 +400,9 @@ func TestSignature(t *testing.T) {
 		t.Run(format, func(t *testing.T) {
 			rc := newReceiver(t, nil)
 			w := provision(t, &Webhook{URL: rc.URL, Format: format, Secret: "s3cret"})
-			ts := serve(t, session.Config{}, w)
-			c := dial(ts)
-			if r := mail(c, messages["big"], "rcpt@example.test"); !strings.HasPrefix(r, "250 ") {
+			ts := smtptest.ServeConfig(t, session.Config{}, w)
+			c := ts.DialTCPHello()
+			if r := smtptest.Mail(c, messages["big"], "rcpt@example.test"); !strings.HasPrefix(r, "250 ") {
 				t.Fatalf("end of data: %q", r)
 			}
 			req := rc.only(t)
@@ -425,9 +425,9 @@ func TestCustomHeaders(t *testing.T) {
 		"Content-Type":  {"message/rfc822; charset=utf-8"},
 		"Host":          {"hooks.example.test"},
 	}})
-	ts := serve(t, session.Config{}, w)
-	c := dial(ts)
-	mail(c, messages["plain"], "rcpt@example.test")
+	ts := smtptest.ServeConfig(t, session.Config{}, w)
+	c := ts.DialTCPHello()
+	smtptest.Mail(c, messages["plain"], "rcpt@example.test")
 	req := rc.only(t)
 	if got := req.header.Get("Authorization"); got != "Bearer from-env" {
 		t.Errorf("Authorization %q", got)
@@ -449,12 +449,12 @@ func TestTwoInstances(t *testing.T) {
 	raw, js := newReceiver(t, nil), newReceiver(t, nil)
 	w1 := provision(t, &Webhook{URL: raw.URL})
 	w2 := provision(t, &Webhook{URL: js.URL, Format: "json"})
-	ts := serve(t, session.Config{}, w1, w2)
-	c := dial(ts)
-	if r := mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "250 ") {
+	ts := smtptest.ServeConfig(t, session.Config{}, w1, w2)
+	c := ts.DialTCPHello()
+	if r := smtptest.Mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "250 ") {
 		t.Fatalf("end of data: %q", r)
 	}
-	if got := splitReceived(t, raw.only(t).body); string(got) != messages["plain"] {
+	if got := smtptest.SplitReceived(t, raw.only(t).body); string(got) != messages["plain"] {
 		t.Errorf("raw body %q", got)
 	}
 	var m jsonMessage
@@ -470,12 +470,12 @@ func TestAbortClosesSpool(t *testing.T) {
 	rc := newReceiver(t, nil)
 	w := provision(t, &Webhook{URL: rc.URL})
 	started := make(chan struct{})
-	ts := serve(t, session.Config{MaxMessageSize: 10000}, failing{}, w, eohSignal{started})
-	c := dial(ts)
-	if r := mail(c, messages["big"], "rcpt@example.test"); !strings.HasPrefix(r, "552 ") {
+	ts := smtptest.ServeConfig(t, session.Config{MaxMessageSize: 10000}, smtptest.Failing{}, w, smtptest.EOHSignal{Ch: started})
+	c := ts.DialTCPHello()
+	if r := smtptest.Mail(c, messages["big"], "rcpt@example.test"); !strings.HasPrefix(r, "552 ") {
 		t.Fatalf("too big: %q", r)
 	}
-	if r := mail(c, "Subject: fail\r\n\r\nx\r\n", "rcpt@example.test"); !strings.HasPrefix(r, "550 5.7.1 ") {
+	if r := smtptest.Mail(c, "Subject: fail\r\n\r\nx\r\n", "rcpt@example.test"); !strings.HasPrefix(r, "550 5.7.1 ") {
 		t.Fatalf("failed by a later sub-handler: %q", r)
 	}
 	c.Cmd("MAIL FROM:<a@example.test>", "250")
@@ -488,26 +488,26 @@ func TestAbortClosesSpool(t *testing.T) {
 	if n := len(rc.requests()); n != 0 {
 		t.Errorf("%d requests for aborted messages", n)
 	}
-	assertNoSpool(t, w.TempDir)
+	smtptest.AssertNoSpool(t, w.TempDir)
 }
 
 // TestSpoolUnlinkedWhileStreaming: mid-DATA the spool file is open but has
 // no name in the directory.
 func TestSpoolUnlinkedWhileStreaming(t *testing.T) {
-	if _, ok := openIn(t, t.TempDir()); !ok {
+	if _, ok := smtptest.OpenIn(t, t.TempDir()); !ok {
 		t.Skip("no /proc/self/fd")
 	}
 	rc := newReceiver(t, nil)
 	started := make(chan struct{})
 	w := provision(t, &Webhook{URL: rc.URL})
-	ts := serve(t, session.Config{}, w, eohSignal{started})
-	c := dial(ts)
+	ts := smtptest.ServeConfig(t, session.Config{}, w, smtptest.EOHSignal{Ch: started})
+	c := ts.DialTCPHello()
 	c.Cmd("MAIL FROM:<a@example.test>", "250")
 	c.Cmd("RCPT TO:<b@example.test>", "250")
 	c.Cmd("DATA", "354")
 	c.Send("Subject: x\r\n\r\nbody\r\n")
 	<-started
-	if n, _ := openIn(t, w.TempDir); n != 1 {
+	if n, _ := smtptest.OpenIn(t, w.TempDir); n != 1 {
 		t.Errorf("%d open spool files mid-DATA, want 1", n)
 	}
 	entries, _ := readDir(w.TempDir)
@@ -517,7 +517,7 @@ func TestSpoolUnlinkedWhileStreaming(t *testing.T) {
 	c.Send(".\r\n")
 	c.Expect("250 ")
 	ts.Close()
-	assertNoSpool(t, w.TempDir)
+	smtptest.AssertNoSpool(t, w.TempDir)
 }
 
 func TestProvisionErrors(t *testing.T) {
@@ -534,7 +534,7 @@ func TestProvisionErrors(t *testing.T) {
 		"headers: X-Rcpt": {URL: "http://example.test/", Headers: http.Header{"X-Rcpt": {"{esmtp.rcpt}"}}},
 	}
 	for want, w := range cases {
-		err := tryProvision(w)
+		err := smtptest.Provision(w)
 		if err == nil || !strings.Contains(err.Error(), "webhook: "+want) {
 			t.Errorf("%+v: got %v, want an error naming %q", w, err, want)
 		}
