@@ -40,6 +40,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -190,7 +191,7 @@ func blockedText(ip netip.Addr, zone string) string {
 // listed returns the client's IP and the zone that lists it ("" for none),
 // looking it up once per session (per client after XCLIENT).
 func (b *DNSBL) listed(ctx context.Context, s *session.Session) (netip.Addr, string) {
-	ip := addrIP(s.RemoteAddr())
+	ip := clientnet.AddrIP(s.RemoteAddr())
 	if !ip.IsValid() {
 		return ip, ""
 	}
@@ -292,23 +293,6 @@ func reverse(ip netip.Addr) string {
 		}
 	}
 	return b.String()
-}
-
-// addrIP is the IP of a client address (IPv4-mapped IPv6 as IPv4), or the
-// zero Addr.
-func addrIP(a net.Addr) netip.Addr {
-	switch t := a.(type) {
-	case *net.TCPAddr:
-		ip, _ := netip.AddrFromSlice(t.IP)
-		return ip.Unmap()
-	case nil:
-		return netip.Addr{}
-	}
-	if ap, err := netip.ParseAddrPort(a.String()); err == nil {
-		return ap.Addr().Unmap()
-	}
-	ip, _ := netip.ParseAddr(a.String())
-	return ip.Unmap()
 }
 
 // UnmarshalCaddyfile sets up the sub-handler from Caddyfile tokens. Syntax:

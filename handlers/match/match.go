@@ -28,6 +28,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-esmtp/caddy-esmtp/handlers/recipients"
+	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -141,8 +142,8 @@ func (m *Match) sessionMatches(s *session.Session) bool {
 		return false
 	}
 	if len(m.nets) > 0 {
-		ap, err := netip.ParseAddrPort(s.RemoteAddr().String())
-		if err != nil || !slices.ContainsFunc(m.nets, func(p netip.Prefix) bool { return p.Contains(ap.Addr().Unmap()) }) {
+		ip := clientnet.AddrIP(s.RemoteAddr())
+		if !ip.IsValid() || !slices.ContainsFunc(m.nets, func(p netip.Prefix) bool { return p.Contains(ip) }) {
 			return false
 		}
 	}
