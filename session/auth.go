@@ -157,11 +157,11 @@ func (s *Session) cmdAuth(arg []byte) *Reply {
 	switch {
 	case err != nil:
 		s.cfg.Observer.Auth("error")
-		s.log.Error("authentication check failed", zap.String("session", s.id), zap.String("remote", addrString(s.remote)), zap.Error(err))
+		s.log.Error("authentication check failed", zap.String("session", s.id), zap.String("remote", s.remoteString()), zap.Error(err))
 		return replyAuthTempFail
 	case !ok:
 		s.cfg.Observer.Auth("failure")
-		s.log.Info("authentication failed", zap.String("session", s.id), zap.String("remote", addrString(s.remote)),
+		s.log.Info("authentication failed", zap.String("session", s.id), zap.String("remote", s.remoteString()),
 			zap.String("mechanism", mech), zap.String("username", logSafe(Sanitize(user, 256))))
 		return replyAuthFailed
 	}

@@ -5,8 +5,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // repeatReader yields head, then batch n times, then EOF.
@@ -156,5 +160,71 @@ func BenchmarkHeaderSplit(b *testing.B) {
 	}
 	if headers == 0 || chunks == 0 {
 		b.Fatal("no events")
+	}
+}
+
+// scriptConn hands the session one chunk of its script per Read, as a
+// client that waits for each reply would, and counts the replies written.
+type scriptConn struct {
+	memConn
+	script [][]byte
+	next   int
+	remote net.Addr
+}
+
+func (c *scriptConn) Read(p []byte) (int, error) {
+	if c.next == len(c.script) {
+		return 0, io.EOF
+	}
+	n := copy(p, c.script[c.next])
+	if n == len(c.script[c.next]) {
+		c.next++
+	} else {
+		c.script[c.next] = c.script[c.next][n:]
+	}
+	return n, nil
+}
+
+func (c *scriptConn) RemoteAddr() net.Addr { return c.remote }
+
+// endOK accepts every message, as the discard sub-handler does.
+type endOK struct{}
+
+func (endOK) EndOfMessage(ctx context.Context, s *Session) (*Reply, error) {
+	return nil, nil
+}
+
+// BenchmarkSession runs whole sessions as a client without pipelining
+// drives them (smtp-source): greeting, HELO, MAIL, RCPT, DATA, a 10 KiB
+// message, QUIT, with the INFO log lines encoded as Caddy's default logger
+// would. One op is one session; allocs/op is what a connection costs the
+// engine.
+func BenchmarkSession(b *testing.B) {
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(io.Discard), zap.InfoLevel)
+	srv, err := NewServer(Config{Hostname: "mx.example.test", Logger: zap.New(core), Handlers: []Handler{{Name: "ok", Handler: endOK{}}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	body := strings.Repeat(strings.Repeat("x", 78)+"\r\n", 10240/80)
+	msg := []byte("Subject: bench\r\nFrom: <a@example.test>\r\n\r\n" + body + ".\r\n")
+	lines := []string{"HELO client.example.test\r\n", "MAIL FROM:<a@example.test>\r\n",
+		"RCPT TO:<b@example.test>\r\n", "DATA\r\n"}
+	remote := &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 40000}
+	b.SetBytes(int64(len(msg)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		script := make([][]byte, 0, 6)
+		for _, l := range lines {
+			script = append(script, []byte(l))
+		}
+		script = append(script, msg, []byte("QUIT\r\n"))
+		c := &scriptConn{memConn: memConn{w: io.Discard}, script: script, remote: remote}
+		if err := srv.Serve(context.Background(), c, ConnInfo{}); err != nil {
+			b.Fatal(err)
+		}
+		if c.next != len(script) {
+			b.Fatalf("session ended after %d of %d client writes", c.next, len(script))
+		}
 	}
 }

@@ -90,7 +90,7 @@ func (s *Session) command(line []byte) *Reply {
 		}
 		r := s.verb("QUIT", "", nil)
 		if r == nil {
-			r = &Reply{Code: 221, Enhanced: "2.0.0", Lines: []string{s.cfg.Hostname + " closing connection"}}
+			r = s.srv.quitReply
 		}
 		s.closing = true
 		return r
@@ -98,7 +98,8 @@ func (s *Session) command(line []byte) *Reply {
 		return s.cmdAuth(argBytes)
 	case "TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML":
 		// RFC commands this engine does not implement.
-		return s.verb(verb, string(argBytes), replyNotImpl)
+		// (A copy, so that verb, which hooks would keep, stays on the stack.)
+		return s.verb(strings.Clone(verb), string(argBytes), replyNotImpl)
 	}
 	return s.verb(Sanitize(strings.ToUpper(string(verbBytes)), 64), string(argBytes), replyUnknown)
 }
@@ -137,6 +138,9 @@ func (s *Session) cmdHelo(arg string, extended bool) *Reply {
 		first = r.Lines[0]
 	}
 	if !extended {
+		if r == nil || len(r.Lines) == 0 {
+			return s.srv.heloReply
+		}
 		return &Reply{Code: 250, Lines: []string{first}, plain: true}
 	}
 	lines := append(make([]string, 0, len(s.srv.ehloKeywords)+4), first)
@@ -337,6 +341,7 @@ func (s *Session) cmdData(hasArg bool) *Reply {
 // fill waits, within DataTimeout, for more bytes from the client.
 func (s *Session) fill() error {
 	s.setDeadline(s.cfg.DataTimeout)
+	s.useDataReader()
 	for {
 		_, err := s.r.Peek(1)
 		if err != nil && s.drainRetry(err, true) {
@@ -613,8 +618,8 @@ func (s *Session) logMessage(txn *Transaction, r *Reply) {
 	fields := append([]zap.Field{
 		zap.String("queue_id", txn.ID),
 		zap.String("session", s.id),
-		zap.String("remote", addrString(s.remote)),
-		zap.String("helo", Sanitize(s.helo, 255)),
+		zap.String("remote", s.remoteString()),
+		zap.String("helo", s.heloString()),
 		zap.String("from", logSafe(txn.From.Mailbox)),
 		zap.Strings("rcpts", rcpts),
 		zap.Int64("size", txn.Size),

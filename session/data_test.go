@@ -465,3 +465,62 @@ func testMessage(n int, seed uint64) string {
 	}
 	return b.String()
 }
+
+// TestLargeReaderSwap sends messages larger than the data reader with the
+// next commands in the same write, so that the session swaps between its
+// command reader and its data reader with bytes of both kinds in flight:
+// every byte must reach the hooks or the command parser, in order.
+func TestLargeReaderSwap(t *testing.T) {
+	rec := &recorder{}
+	ts := start(t, Config{Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	ts.ehlo()
+	var body strings.Builder
+	for i := 0; body.Len() < 3*dataReaderSize+100; i++ {
+		fmt.Fprintf(&body, "line %d %s\r\n", i, strings.Repeat("y", i%90))
+	}
+	msg := "Subject: big\r\n\r\n" + body.String()
+	for round := range 3 {
+		rec.reset()
+		ts.mailTo("b@example.com")
+		ts.send("DATA")
+		ts.expect(354, "")
+		// the end of data, then a whole BDAT transaction, in one write
+		ts.sendRaw(msg + ".\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<c@example.com>\r\n" +
+			"BDAT " + itoa(len(msg)) + " LAST\r\n" + msg + "NOOP\r\n")
+		ts.expect(250, "2.0.0")
+		ts.expect(250, "2.1.0")
+		ts.expect(250, "2.1.5")
+		ts.expect(250, "2.0.0")
+		ts.expect(250, "2.0.0") // NOOP
+		if n := rec.count("eom"); n != 2 {
+			t.Fatalf("round %d: %d messages ended, want 2: %v", round, n, rec.kinds())
+		}
+		var got [2][]byte
+		i := -1
+		for _, e := range rec.events() {
+			switch e.kind {
+			case "data":
+				i++
+			case "header", "eoh", "body":
+				if i >= 0 && !(e.kind == "header" && e.arg == "Received") {
+					got[i] = append(got[i], e.raw...)
+				}
+			}
+		}
+		for k, g := range got {
+			if string(g) != msg {
+				t.Fatalf("round %d, message %d: hooks saw %d bytes, want %d (first difference at %d)",
+					round, k, len(g), len(msg), firstDiff(g, []byte(msg)))
+			}
+		}
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}

@@ -16,6 +16,8 @@ type Server struct {
 	cfg          Config
 	hooks        *hookSet
 	ehloKeywords []string
+	heloReply    *Reply // "250 <hostname>", the HELO reply without a hook's text
+	quitReply    *Reply // "221 2.0.0 <hostname> closing connection"
 
 	mu       sync.Mutex
 	sessions map[*Session]struct{}
@@ -49,6 +51,8 @@ func NewServer(cfg Config) (*Server, error) {
 		cfg:          c,
 		hooks:        newHookSet(c.Handlers),
 		ehloKeywords: ehloKeywords(&c),
+		heloReply:    &Reply{Code: 250, Lines: []string{c.Hostname}, plain: true},
+		quitReply:    &Reply{Code: 221, Enhanced: "2.0.0", Lines: []string{c.Hostname + " closing connection"}},
 		sessions:     map[*Session]struct{}{},
 		perIP:        map[netip.Addr]int{},
 	}, nil

@@ -53,10 +53,15 @@ type Session struct {
 	streamCancel   context.CancelFunc
 	streamDeadline time.Time
 
-	secret   bool // the next line is a SASL response: kept out of the transcript
-	closing  bool // the session ends after the reply being sent
-	draining atomic.Bool
-	deadline time.Time // the current read deadline before any drain
+	remoteStr  string   // remoteOf's String(), for log lines
+	remoteOf   net.Addr // the address remoteStr was made from
+	heloLog    string   // Sanitize(heloLogOf, 255), for log lines
+	heloLogOf  string
+	dataReader bool // r is the large reader from dataReaderPool
+	secret     bool // the next line is a SASL response: kept out of the transcript
+	closing    bool // the session ends after the reply being sent
+	draining   atomic.Bool
+	deadline   time.Time // the current read deadline before any drain
 }
 
 // Transaction is one mail transaction, from MAIL to end of message or RSET.
@@ -183,15 +188,58 @@ func newSession(srv *Server, conn net.Conn, info ConnInfo) *Session {
 // Read and write buffers are pooled: a session holds its reader for its
 // life, and its writer only between a command and the flush of its replies,
 // so an idle session costs one 4 KiB buffer.
+//
+// While message data streams in, the session reads through a larger reader
+// instead (dataReaderSize), so a message costs a few reads rather than one
+// per 4 KiB; it swaps only when the buffer it leaves is empty, so no byte
+// is lost, and swaps back at the next command.
 var (
-	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
-	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
+	readerPool     = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+	dataReaderPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, dataReaderSize) }}
+	writerPool     = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
 )
+
+// dataReaderSize is the read buffer while message data streams in.
+const dataReaderSize = 32 << 10
 
 func getReader(conn net.Conn) *bufio.Reader {
 	r := readerPool.Get().(*bufio.Reader)
 	r.Reset(conn)
 	return r
+}
+
+// useDataReader switches to the large reader for message data. The
+// current reader must be empty.
+func (s *Session) useDataReader() {
+	if s.dataReader || s.r.Buffered() > 0 {
+		return
+	}
+	r := dataReaderPool.Get().(*bufio.Reader)
+	r.Reset(s.conn)
+	s.putReader()
+	s.r, s.dataReader = r, true
+}
+
+// useCommandReader switches back to the small reader once the large one
+// is empty.
+func (s *Session) useCommandReader() {
+	if !s.dataReader || s.r.Buffered() > 0 {
+		return
+	}
+	r := getReader(s.conn)
+	s.putReader()
+	s.r, s.dataReader = r, false
+}
+
+// putReader gives the session's reader back to its pool.
+func (s *Session) putReader() {
+	s.r.Reset(nil)
+	if s.dataReader {
+		dataReaderPool.Put(s.r)
+	} else {
+		readerPool.Put(s.r)
+	}
+	s.r = nil
 }
 
 // release returns the session's buffers to their pools at its end.
@@ -200,9 +248,7 @@ func (s *Session) release() {
 	if s.asm.s != nil {
 		s.asm.releaseChunk()
 	}
-	s.r.Reset(nil)
-	readerPool.Put(s.r)
-	s.r = nil
+	s.putReader()
 }
 
 // flush sends the queued replies and gives the writer back to its pool.
@@ -251,11 +297,18 @@ func (s *Session) run(parent context.Context) (err error) {
 			s.callClose(h)
 		}
 		s.flush()
-		if s.log.Core().Enabled(zap.InfoLevel) {
-			s.log.Info("session closed",
+		// A session that carried messages and ended cleanly is told by
+		// their lines; its own line is for the others (probes, refused
+		// or failed sessions), and for debug.
+		level := zap.InfoLevel
+		if s.messages > 0 && s.errors == 0 && err == nil {
+			level = zap.DebugLevel
+		}
+		if ce := s.log.Check(level, "session closed"); ce != nil {
+			ce.Write(
 				zap.String("session", s.id),
-				zap.String("remote", addrString(s.remote)),
-				zap.String("helo", Sanitize(s.helo, 255)),
+				zap.String("remote", s.remoteString()),
+				zap.String("helo", s.heloString()),
 				zap.Int("messages", s.messages),
 				zap.Int("errors", s.errors),
 				zap.Duration("duration", time.Since(s.start)),
@@ -390,6 +443,7 @@ const (
 func (s *Session) readCommand() ([]byte, lineStatus, error) {
 	s.setDeadline(s.cfg.CommandTimeout)
 	if s.r.Buffered() == 0 {
+		s.useCommandReader()
 		if err := s.flush(); err != nil {
 			return nil, 0, err
 		}
@@ -537,6 +591,24 @@ func (s *Session) recoverHook(event, name string) {
 func clientGone(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// remoteString is the client address as log lines show it, made once per
+// address (XCLIENT may change it).
+func (s *Session) remoteString() string {
+	if s.remoteOf != s.remote || s.remoteStr == "" {
+		s.remoteStr, s.remoteOf = addrString(s.remote), s.remote
+	}
+	return s.remoteStr
+}
+
+// heloString is the HELO/EHLO name as log lines show it, sanitised once
+// per name.
+func (s *Session) heloString() string {
+	if s.heloLogOf != s.helo || (s.heloLog == "" && s.helo != "") {
+		s.heloLog, s.heloLogOf = Sanitize(s.helo, 255), s.helo
+	}
+	return s.heloLog
 }
 
 func addrString(a net.Addr) string {

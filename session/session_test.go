@@ -7,6 +7,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func TestGreeting(t *testing.T) {
@@ -553,4 +557,48 @@ func TestRejectEarlyTalkers(t *testing.T) {
 
 	polite := startOn(t, srv, ConnInfo{})
 	polite.cmd("EHLO client.test", 250, "")
+}
+
+// TestSessionLogLevel: a session that carried messages and ended cleanly
+// is told by its message lines, so its own line is at debug; any other
+// session's line is at info.
+func TestSessionLogLevel(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		run   func(ts *testSession)
+		level zapcore.Level
+	}{
+		{"one message", func(ts *testSession) {
+			ts.ehlo()
+			sendMessage(t, ts.testClient)
+			ts.cmd("QUIT", 221, "2.0.0")
+		}, zapcore.DebugLevel},
+		{"no message", func(ts *testSession) {
+			ts.ehlo()
+			ts.cmd("QUIT", 221, "2.0.0")
+		}, zapcore.InfoLevel},
+		{"message and an error", func(ts *testSession) {
+			ts.ehlo()
+			sendMessage(t, ts.testClient)
+			ts.cmd("RCPT TO:<x@example.org>", 503, "5.5.1")
+			ts.cmd("QUIT", 221, "2.0.0")
+		}, zapcore.InfoLevel},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			core, logs := observer.New(zap.DebugLevel)
+			ts := start(t, Config{Logger: zap.New(core)})
+			tc.run(ts)
+			ts.wait()
+			lines := logs.FilterMessage("session closed").All()
+			if len(lines) != 1 {
+				t.Fatalf("%d session lines, want 1", len(lines))
+			}
+			if lines[0].Level != tc.level {
+				t.Errorf("session line at %v, want %v", lines[0].Level, tc.level)
+			}
+			if got := lines[0].ContextMap()["helo"]; got != "client.example" {
+				t.Errorf("session line helo %v", got)
+			}
+		})
+	}
 }

@@ -53,7 +53,7 @@ func (s *Session) cmdStartTLS(hasArg bool) *Reply {
 	if err := tlsConn.HandshakeContext(s.ctx); err != nil {
 		s.cfg.Observer.TLS(false)
 		s.log.Info("TLS handshake failed", zap.String("session", s.id),
-			zap.String("remote", addrString(s.remote)), zap.Error(err))
+			zap.String("remote", s.remoteString()), zap.Error(err))
 		s.closing = true
 		return nil
 	}
@@ -164,7 +164,7 @@ func (s *Session) cmdXClient(arg string) *Reply {
 	if login != "" {
 		s.SetAuthenticated(login)
 	}
-	s.log.Info("xclient", zap.String("session", s.id), zap.String("remote", addrString(s.remote)),
+	s.log.Info("xclient", zap.String("session", s.id), zap.String("remote", s.remoteString()),
 		zap.String("helo", logSafe(helo)), zap.String("login", logSafe(login)))
 	greeting := ask(s, "connect", s.srv.hooks.connect, connectCall(s))
 	if greeting == nil {

@@ -48,7 +48,7 @@ func TestXClientRefused(t *testing.T) {
 }
 
 func TestXClient(t *testing.T) {
-	core, logs := observer.New(zap.InfoLevel)
+	core, logs := observer.New(zap.DebugLevel)
 	ts, rec, seen := startXClient(t, proxyAddr, zap.New(core))
 	r := ts.cmd("EHLO proxy.example", 250, "")
 	if !hasKeyword(r, "XCLIENT") || r.texts[len(r.texts)-1] != "XCLIENT NAME ADDR PORT PROTO HELO LOGIN" {
