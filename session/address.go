@@ -232,7 +232,7 @@ func validDomain(d string, utf bool) bool {
 	if d == "" || len(d) > maxDomain {
 		return false
 	}
-	for _, label := range strings.Split(d, ".") {
+	for label := range strings.SplitSeq(d, ".") {
 		if label == "" || len(label) > 63 && isASCII(label) {
 			return false
 		}
@@ -272,17 +272,14 @@ func validAddressLiteral(d string) bool {
 		}
 		return true
 	}
-	parts := strings.Split(in, ".")
-	if len(parts) != 4 {
-		return false
-	}
-	for _, p := range parts {
+	parts := 0
+	for p := range strings.SplitSeq(in, ".") {
 		n, err := strconv.Atoi(p)
-		if err != nil || n < 0 || n > 255 || len(p) > 3 {
+		if parts++; err != nil || n < 0 || n > 255 || len(p) > 3 {
 			return false
 		}
 	}
-	return true
+	return parts == 4
 }
 
 // ParseParams parses space-separated "KEY[=VALUE]" parameters (RFC 5321

@@ -178,6 +178,7 @@ func (s *Session) cmdMail(arg string) *Reply {
 		return replyBadSender
 	}
 	txn := &Transaction{From: path, MailParams: params}
+	txn.Recipients = txn.firstRecipients[:0]
 	if len(params) > 0 && !s.extended {
 		return replyParamsNeedEhlo
 	}

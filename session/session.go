@@ -87,8 +87,11 @@ type Transaction struct {
 
 	added     []HeaderField
 	logFields []zap.Field
-	values    map[any]any
-	chunking  bool // a BDAT started the data
+	// firstRecipients backs Recipients up to its length, so that most
+	// transactions' recipients cost no allocation of their own.
+	firstRecipients [2]Recipient
+	values          map[any]any
+	chunking        bool // a BDAT started the data
 }
 
 // Recipient is an accepted RCPT TO.

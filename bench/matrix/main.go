@@ -14,6 +14,10 @@
 // run. Then memory: resident memory per idle connection (10,000 of them)
 // and the peak resident memory while one 1 GiB message streams in.
 // Everything runs on 127.0.0.1 and stops by itself.
+//
+// -cpus places the processes: split (servers on the last CPU, generators
+// on the others, with taskset), shared (no pinning) or both (the
+// throughput matrix once per placement).
 package main
 
 import (
@@ -45,6 +49,7 @@ type harness struct {
 	quick bool
 	runs  int
 	dur   time.Duration
+	cpu   cpuSet // CPU placement (cpus.go)
 }
 
 func (h *harness) bin(name string) string { return filepath.Join(h.work, "bin", name) }
@@ -75,6 +80,7 @@ func main() {
 	profSecs := flag.Int("profile-seconds", 10, "length of each profile")
 	keep := flag.Bool("keep", false, "keep the work directory (configs, server logs)")
 	setup := flag.Bool("setup", true, "run bench/setup.sh when smtp-sink, smtp-source or Haraka is missing")
+	cpus := flag.String("cpus", "", "CPU placement: split (servers pinned to the last CPU, generators to the others), shared (no pinning) or both (the throughput matrix once per placement); default both with -quick, split otherwise")
 	flag.Parse()
 
 	h := &harness{quick: *quick, runs: *runs, dur: *dur}
@@ -83,6 +89,17 @@ func main() {
 		if h.quick {
 			h.dur = 2 * time.Second
 		}
+	}
+	if *cpus == "" {
+		*cpus = "split"
+		if h.quick {
+			*cpus = "both"
+		}
+	}
+	h.initCPUs()
+	places, err := h.placements(*cpus)
+	if err != nil {
+		log.Fatal(err)
 	}
 	if err := h.init(*setup); err != nil {
 		if h.work != "" {
@@ -124,17 +141,34 @@ func main() {
 	}
 
 	started := time.Now()
-	rep := &report{Env: h.environment(), Quick: h.quick, Runs: h.runs, RunSeconds: h.dur.Seconds()}
+	rep := &report{Env: h.environment(), Quick: h.quick, Runs: h.runs, RunSeconds: h.dur.Seconds(),
+		CPUsFlag: *cpus, ServerCPUs: h.cpu.serverCPUs, GeneratorCPUs: h.cpu.genCPUs, NoSplit: h.cpu.noSplit}
 	for _, d := range defs {
 		if !d.Echo {
 			rep.Servers = append(rep.Servers, serverInfo{Name: d.Name, What: d.What, Ours: d.Ours, Peer: d.Peer})
 		}
 	}
 	if *doThroughput {
-		rep.Cells, rep.Results = h.throughput(defs)
+		rep.Placements = places
+		for _, pl := range places {
+			h.setPlacement(pl)
+			log.Printf("throughput, placement %s: %s", pl, rep.describe(pl))
+			cells, results := h.throughput(defs)
+			rep.Cells, rep.Results = cells, append(rep.Results, results...)
+		}
+	}
+	// What runs once (the connection cost, memory) runs in split placement
+	// unless -cpus shared asked for no pinning at all.
+	once := places[0]
+	if *doThroughput || *doMem {
+		h.setPlacement(once)
+	}
+	if *doThroughput {
+		rep.OverheadPlacement = once
 		rep.Overhead = h.overhead(defs)
 	}
 	if *doMem {
+		rep.MemoryPlacement = once
 		rep.Idle, rep.Big = h.memory(defs, *idleConns, *bigSize)
 	}
 	rep.Minutes = time.Since(started).Minutes()
@@ -232,8 +266,9 @@ func onTmpfs(dir string) bool {
 	return syscall.Statfs(dir, &st) == nil && st.Type == 0x01021994 // TMPFS_MAGIC
 }
 
-// throughput runs the matrix: for each cell, runs rounds; in each round
-// every server once with each generator, in a rotating order.
+// throughput runs the matrix in the current placement, with servers
+// started for it: for each cell, runs rounds; in each round every server
+// once with each generator, in a rotating order.
 func (h *harness) throughput(defs []*serverDef) ([]cell, []runResult) {
 	sizes := []int64{1 << 10, 10 << 10, 1 << 20}
 	conns := []int{1, 20, 200}

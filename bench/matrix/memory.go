@@ -20,13 +20,15 @@ type idleResult struct {
 	Confirmed  string  `json:"confirmed_by"`
 	HWMKiB     int64   `json:"hwm_kib"`
 	AfterClose int64   `json:"rss_after_close_kib"`
+	// Placement is where the server and the harness ran: split or shared.
+	Placement placement `json:"placement"`
 }
 
 // measureIdle starts def fresh, reads VmRSS, opens n connections that the
 // server has answered (greeting, or the echo of a probe), waits for the
 // server to settle and reads VmRSS again.
 func (h *harness) measureIdle(def *serverDef, n int) idleResult {
-	res := idleResult{Server: def.Name, Conns: n, Confirmed: "220 greeting"}
+	res := idleResult{Server: def.Name, Placement: h.cpu.place, Conns: n, Confirmed: "220 greeting"}
 	mode := loadgen.IdleGreeting
 	if def.Echo {
 		mode, res.Confirmed = loadgen.IdleEcho, "echoed probe"
@@ -66,12 +68,14 @@ type bigResult struct {
 	Seconds  float64 `json:"seconds"`
 	MBPerSec float64 `json:"mb_per_s"`
 	Error    string  `json:"error,omitempty"`
+	// Placement is where the server and the harness ran: split or shared.
+	Placement placement `json:"placement"`
 }
 
 // measureBig starts def fresh, sends one message of size bytes and reads
 // the peak resident memory (VmHWM) of the server's life.
 func (h *harness) measureBig(def *serverDef, size int64) bigResult {
-	res := bigResult{Server: def.Name, Size: size}
+	res := bigResult{Server: def.Name, Placement: h.cpu.place, Size: size}
 	s, err := h.startServer(def)
 	if err != nil {
 		res.Error = err.Error()

@@ -29,6 +29,18 @@ type report struct {
 	Overhead   []runResult       `json:"overhead"`
 	Idle       []idleResult      `json:"idle"`
 	Big        []bigResult       `json:"big"`
+	// CPUsFlag is -cpus; Placements are the throughput matrix's, in the
+	// order run; ServerCPUs and GeneratorCPUs are the CPU lists of split
+	// placement, NoSplit why it was not possible.
+	CPUsFlag      string      `json:"cpus_flag"`
+	Placements    []placement `json:"placements"`
+	ServerCPUs    string      `json:"server_cpus,omitempty"`
+	GeneratorCPUs string      `json:"generator_cpus,omitempty"`
+	NoSplit       string      `json:"no_split,omitempty"`
+	// OverheadPlacement and MemoryPlacement: where the measurements that
+	// run once ran.
+	OverheadPlacement placement `json:"overhead_placement,omitempty"`
+	MemoryPlacement   placement `json:"memory_placement,omitempty"`
 }
 
 func median(xs []float64) float64 {
@@ -43,11 +55,12 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-// pick returns the runs of one server, cell and generator, by round.
-func (r *report) pick(server string, c cell, gen string) []runResult {
+// pick returns the runs of one server, cell and generator in one
+// placement, by round.
+func (r *report) pick(pl placement, server string, c cell, gen string) []runResult {
 	var out []runResult
 	for _, x := range r.Results {
-		if x.Server == server && x.Cell == c && x.Gen == gen {
+		if x.Placement == pl && x.Server == server && x.Cell == c && x.Gen == gen {
 			out = append(out, x)
 		}
 	}
@@ -57,12 +70,13 @@ func (r *report) pick(server string, c cell, gen string) []runResult {
 type stat struct {
 	n                   int
 	rate, p50, p99, cpu float64
+	genCPU              float64 // the generator's CPU use, % of one CPU
 	errors              int64
 	notes               []string
 }
 
-func (r *report) stat(server string, c cell, gen string) stat {
-	runs := r.pick(server, c, gen)
+func (r *report) stat(pl placement, server string, c cell, gen string) stat {
+	runs := r.pick(pl, server, c, gen)
 	var st stat
 	var rates, p50s, p99s, cpus []float64
 	for _, x := range runs {
@@ -77,12 +91,18 @@ func (r *report) stat(server string, c cell, gen string) stat {
 	}
 	st.n = len(runs)
 	st.rate, st.p50, st.p99, st.cpu = median(rates), median(p50s), median(p99s), median(cpus)
+	var gens []float64
+	for _, x := range runs {
+		gens = append(gens, x.GenCPU)
+	}
+	st.genCPU = median(gens)
 	return st
 }
 
-// ratio is the median over rounds of ours/peer measured in the same round.
-func (r *report) ratio(ours, peer string, c cell, gen string) (float64, bool) {
-	a, b := r.pick(ours, c, gen), r.pick(peer, c, gen)
+// ratio is the median over rounds of ours/peer measured in the same round
+// of the same placement.
+func (r *report) ratio(pl placement, ours, peer string, c cell, gen string) (float64, bool) {
+	a, b := r.pick(pl, ours, c, gen), r.pick(pl, peer, c, gen)
 	var rs []float64
 	for _, x := range a {
 		for _, y := range b {
@@ -154,7 +174,9 @@ func (r *report) markdown() string {
 		e["cpus"], e["cpu"], e["memory"], e["kernel"], e["go"], e["postfix"], e["node"], e["haraka"])
 	p("- Code: %s.\n", e["commit"])
 	p("- Every server runs on 127.0.0.1 at the same time (idle when not measured); each figure is the median of %d runs of %.1f s; within a round every server is measured once with each generator, in an order that rotates between rounds. Ratios are medians of per-round ratios.\n", r.Runs, r.RunSeconds)
-	p("- `load` = `bench/load` (Go, PIPELINING: MAIL+RCPT+DATA in one write); `smtp-source` = Postfix's generator (C, no pipelining, HELO, one command per round trip). Both share the 2 CPUs with the server.\n\n")
+	p("- `load` = `bench/load` (Go, PIPELINING: MAIL+RCPT+DATA in one write); `smtp-source` = Postfix's generator (C, no pipelining, HELO, one command per round trip).\n")
+	r.placementBullets(&b)
+	p("\n")
 
 	p("## Servers\n\n| server | what |\n|---|---|\n")
 	for _, s := range r.Servers {
@@ -164,8 +186,12 @@ func (r *report) markdown() string {
 
 	ours := r.oursName()
 	if len(r.Cells) > 0 {
-		r.targets(&b, ours)
-		r.glance(&b, ours)
+		for _, pl := range r.Placements {
+			r.targets(&b, ours, pl)
+		}
+		for _, pl := range r.Placements {
+			r.glance(&b, ours, pl)
+		}
 		r.cellTables(&b, ours)
 	}
 	r.overheadTable(&b, ours)
@@ -176,15 +202,64 @@ func (r *report) markdown() string {
 	return b.String()
 }
 
-// targets checks issue 5's throughput targets at 10 KiB x 20 sessions.
-func (r *report) targets(b *strings.Builder, ours string) {
+// placementBullets tell where the servers and generators ran: the
+// throughput matrix's placements, and the one of what ran once.
+func (r *report) placementBullets(b *strings.Builder) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	what := func(pl placement) string {
+		switch pl {
+		case placeSplit:
+			gen := len(parseCPUList(r.GeneratorCPUs))
+			return fmt.Sprintf("`split`: %s. Every server process is started with `taskset -c %s`, every generator process (`load`, `smtp-source`, `load -echo`) with `taskset -c %s`, and the harness itself (which opens the idle connections and sends the large message) runs on %s too: neither side takes CPU time from the other. Go reads its CPU affinity at start, so the Go servers (Caddy, go-smtp, go-echo) run with GOMAXPROCS=1 and `load` with GOMAXPROCS=%d; smtp-sink and Haraka are single-threaded and use one CPU anyway.",
+				r.describe(pl), r.ServerCPUs, r.GeneratorCPUs, cpuWord(r.GeneratorCPUs), gen)
+		case placeShared:
+			return fmt.Sprintf("`shared`: %s, nothing pinned. A multi-threaded server (Go's scheduler spinning idle threads) then takes CPU time from the generator, the single-threaded `smtp-source` most of all, so these figures mix the server's efficiency with CPU contention.", r.describe(pl))
+		}
+		return "`" + string(pl) + "`"
+	}
+	switch len(r.Placements) {
+	case 0:
+	case 1:
+		p("- CPU placement, `-cpus %s`. %s\n", r.CPUsFlag, what(r.Placements[0]))
+	default:
+		p("- CPU placement (`-cpus %s`): the throughput matrix ran once per placement, every server started fresh for each; a ratio compares runs of the same placement only.\n", r.CPUsFlag)
+		for _, pl := range r.Placements {
+			p("  - %s\n", what(pl))
+		}
+	}
+	var once []string
+	pl := r.OverheadPlacement
+	if len(r.Overhead) > 0 {
+		once = append(once, "the cost of one connection (echo)")
+	}
+	if len(r.Idle) > 0 || len(r.Big) > 0 {
+		once, pl = append(once, "memory"), r.MemoryPlacement
+	}
+	if len(once) > 0 {
+		if len(r.Placements) == 0 {
+			p("- CPU placement, `-cpus %s`. %s\n", r.CPUsFlag, what(pl))
+		}
+		again := ""
+		if len(r.Placements) > 1 {
+			again = "once, not per placement, "
+		}
+		p("- Measured %sin placement `%s` (%s): %s.\n", again, pl, r.describe(pl), strings.Join(once, " and "))
+	}
+	if r.NoSplit != "" && r.CPUsFlag != string(placeShared) {
+		p("- `split` placement was asked for but is not possible here (%s): everything ran `shared`.\n", r.NoSplit)
+	}
+}
+
+// targets checks issue 5's throughput targets at 10 KiB x 20 sessions in
+// one placement.
+func (r *report) targets(b *strings.Builder, ours string, pl placement) {
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	type target struct {
 		peer string
 		min  float64
 	}
 	ts := []target{{"go-smtp", 1.25}, {"smtp-sink", 0.9}}
-	p("## Targets (issue 5): 10 KiB messages, 20 sessions\n\n")
+	p("## Targets (issue 5): 10 KiB messages, 20 sessions, %s (`%s`)\n\n", r.describe(pl), pl)
 	p("| %s vs | wanted | per-connection, load | per-connection, smtp-source | reuse, load | reuse, smtp-source |\n|---|---|---|---|---|---|\n", ours)
 	for _, t := range ts {
 		if !r.hasServer(t.peer) {
@@ -193,7 +268,7 @@ func (r *report) targets(b *strings.Builder, ours string) {
 		p("| %s | ≥ %.2fx |", t.peer, t.min)
 		for _, reuse := range []bool{false, true} {
 			for _, gen := range []string{genLoad, genSource} {
-				x, ok := r.ratio(ours, t.peer, cell{Size: 10 << 10, Conns: 20, Reuse: reuse}, gen)
+				x, ok := r.ratio(pl, ours, t.peer, cell{Size: 10 << 10, Conns: 20, Reuse: reuse}, gen)
 				switch {
 				case !ok:
 					p(" – |")
@@ -207,22 +282,47 @@ func (r *report) targets(b *strings.Builder, ours string) {
 		p("\n")
 	}
 	p("\n")
+	// How busy the generator was tells whether a cell measured the server
+	// or the generator: a single-threaded smtp-source near 100%% of its CPU
+	// is the limit, and every server's rate is pressed toward the same value.
+	p("The generator's own CPU use in these runs (%% of one CPU, median), against each server:\n\n| generator, mode |")
+	names := append([]string{ours}, r.peers()...)
+	for _, n := range names {
+		p(" %s |", n)
+	}
+	p("\n|---|%s\n", strings.Repeat("---|", len(names)))
+	for _, reuse := range []bool{false, true} {
+		for _, gen := range []string{genLoad, genSource} {
+			c := cell{Size: 10 << 10, Conns: 20, Reuse: reuse}
+			p("| %s, %s |", gen, c.mode())
+			for _, n := range names {
+				if st := r.stat(pl, n, c, gen); st.n > 0 && st.genCPU > 0 {
+					p(" %.0f%% |", st.genCPU)
+				} else {
+					p(" – |")
+				}
+			}
+			p("\n")
+		}
+	}
+	p("\n")
 }
 
-// glance is one line per cell: our rate and our ratio to every peer.
-func (r *report) glance(b *strings.Builder, ours string) {
+// glance is one line per cell: our rate and our ratio to every peer, in
+// one placement.
+func (r *report) glance(b *strings.Builder, ours string, pl placement) {
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	peers := r.peers()
 	for _, gen := range []string{genLoad, genSource} {
-		p("## At a glance, generator %s: %s msgs/s and its ratio to each peer\n\n| cell | %s msgs/s |", gen, ours, ours)
+		p("## At a glance, %s (`%s`), generator %s: %s msgs/s and its ratio to each peer\n\n| cell | %s msgs/s |", r.describe(pl), pl, gen, ours, ours)
 		for _, pe := range peers {
 			p(" vs %s |", pe)
 		}
 		p("\n|---|---|%s\n", strings.Repeat("---|", len(peers)))
 		for _, c := range r.Cells {
-			p("| %s | %s |", c, rate(r.stat(ours, c, gen).rate))
+			p("| %s | %s |", c, rate(r.stat(pl, ours, c, gen).rate))
 			for _, pe := range peers {
-				if x, ok := r.ratio(ours, pe, c, gen); ok {
+				if x, ok := r.ratio(pl, ours, pe, c, gen); ok {
 					p(" %.2fx |", x)
 				} else {
 					p(" – |")
@@ -234,10 +334,27 @@ func (r *report) glance(b *strings.Builder, ours string) {
 	}
 }
 
-// cellTables shows every server in each (size, sessions) pair, both modes.
+// cellTables shows every server in each (size, sessions) pair, both modes,
+// one table per placement.
 func (r *report) cellTables(b *strings.Builder, ours string) {
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
-	p("## Every server, every cell\n\nmsgs/s (median); p50/p99 = latency of the end-of-message reply seen by `load`, in ms; CPU = the server process's CPU time per message (µs) during the `load` run.\n\n")
+	p("## Every server, every cell\n\nmsgs/s (median); p50/p99 = latency of the end-of-message reply seen by `load`, in ms; CPU = the server process's CPU time per message (µs) during the `load` run (with `split` the server has one CPU to itself; with `shared` this includes what a multi-threaded server spends on idle threads spinning).\n\n")
+	for _, pl := range r.Placements {
+		if len(r.Placements) > 1 {
+			p("### Placement `%s`: %s\n\n", pl, r.describe(pl))
+		}
+		r.cellTablesIn(b, ours, pl)
+	}
+}
+
+// cellTablesIn is cellTables for one placement.
+func (r *report) cellTablesIn(b *strings.Builder, ours string, pl placement) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	// Under a placement's own heading a short tag is enough.
+	heading, where := "###", fmt.Sprintf("%s (`%s`)", r.describe(pl), pl)
+	if len(r.Placements) > 1 {
+		heading, where = "####", fmt.Sprintf("`%s`", pl)
+	}
 	seen := map[[2]int64]bool{}
 	for _, c := range r.Cells {
 		k := [2]int64{c.Size, int64(c.Conns)}
@@ -246,11 +363,11 @@ func (r *report) cellTables(b *strings.Builder, ours string) {
 		}
 		seen[k] = true
 		pc, ru := cell{Size: c.Size, Conns: c.Conns}, cell{Size: c.Size, Conns: c.Conns, Reuse: true}
-		p("### %s messages, %d sessions\n\n", sizeName(c.Size), c.Conns)
+		p("%s %s messages, %d sessions, %s\n\n", heading, sizeName(c.Size), c.Conns, where)
 		p("| server | per-conn load | p50 / p99 | CPU | per-conn smtp-source | reuse load | p50 / p99 | CPU | reuse smtp-source |\n|---|---|---|---|---|---|---|---|---|\n")
 		for _, s := range r.Servers {
-			a, a2 := r.stat(s.Name, pc, genLoad), r.stat(s.Name, pc, genSource)
-			c1, c2 := r.stat(s.Name, ru, genLoad), r.stat(s.Name, ru, genSource)
+			a, a2 := r.stat(pl, s.Name, pc, genLoad), r.stat(pl, s.Name, pc, genSource)
+			c1, c2 := r.stat(pl, s.Name, ru, genLoad), r.stat(pl, s.Name, ru, genSource)
 			name := s.Name
 			if s.Name == ours {
 				name = "**" + name + "**"
@@ -270,7 +387,8 @@ func (r *report) overheadTable(b *strings.Builder, ours string) {
 	}
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	p("## What one connection costs, and whose cost it is\n\n")
-	p("Server CPU time per connection (µs, median of %d runs, 20 sessions). The echo rows do only connect, a 6-byte probe echoed, close (`load -echo`); the SMTP rows are one whole session with one 10 KiB message (greeting, EHLO, MAIL/RCPT/DATA, data, QUIT), from the per-connection `load` runs above.\n\n", r.Runs)
+	pl := r.OverheadPlacement
+	p("Server CPU time per connection (µs, median of %d runs, 20 sessions), placement `%s` (%s). The echo rows do only connect, a 6-byte probe echoed, close (`load -echo`); the SMTP rows are one whole session with one 10 KiB message (greeting, EHLO, MAIL/RCPT/DATA, data, QUIT), from the per-connection `load` runs above in the same placement.\n\n", r.Runs, pl, r.describe(pl))
 	p("| server | what the connection does | connections/s | server CPU µs per connection |\n|---|---|---|---|\n")
 	var names []string
 	for _, x := range r.Overhead {
@@ -289,7 +407,7 @@ func (r *report) overheadTable(b *strings.Builder, ours string) {
 	}
 	c := cell{Size: 10 << 10, Conns: 20}
 	for _, n := range []string{ours, "caddy-discard-quiet", "smtp-sink", "go-smtp"} {
-		if st := r.stat(n, c, genLoad); st.n > 0 {
+		if st := r.stat(pl, n, c, genLoad); st.n > 0 {
 			p("| %s | SMTP session, one 10 KiB message | %s | %.0f |\n", n, rate(st.rate), st.cpu)
 		}
 	}
@@ -299,7 +417,7 @@ func (r *report) overheadTable(b *strings.Builder, ours string) {
 func (r *report) memoryTables(b *strings.Builder) {
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	if len(r.Idle) > 0 {
-		p("## Memory per idle connection\n\nEach server started fresh; VmRSS from /proc/<pid>/status before and 3 s after opening the connections from the harness (each confirmed served: greeting read, or the echo probe returned). Per connection = difference / connections. Target (issue 5): ≤ 16 KiB.\n\n")
+		p("## Memory per idle connection\n\nPlacement `%s` (%s). Each server started fresh; VmRSS from /proc/<pid>/status before and 3 s after opening the connections from the harness (each confirmed served: greeting read, or the echo probe returned). Per connection = difference / connections. Target (issue 5): ≤ 16 KiB.\n\n", r.MemoryPlacement, r.describe(r.MemoryPlacement))
 		p("| server | connections | RSS before | RSS with them | per connection | after closing | confirmed by |\n|---|---|---|---|---|---|---|\n")
 		for _, x := range r.Idle {
 			if x.Error != "" {
@@ -311,7 +429,7 @@ func (r *report) memoryTables(b *strings.Builder) {
 		p("\n")
 	}
 	if len(r.Big) > 0 {
-		p("## Peak memory for one large message\n\nEach server started fresh per row and given one message over one connection; VmHWM (peak RSS of the process's life) read after the 250. Target (issue 5): the 1 GiB peak within 8 MiB of the 1 KiB peak.\n\n")
+		p("## Peak memory for one large message\n\nPlacement `%s` (%s). Each server started fresh per row and given one message over one connection; VmHWM (peak RSS of the process's life) read after the 250. Target (issue 5): the 1 GiB peak within 8 MiB of the 1 KiB peak.\n\n", r.MemoryPlacement, r.describe(r.MemoryPlacement))
 		p("| server | message | VmHWM | VmRSS after | time | MB/s |\n|---|---|---|---|---|---|\n")
 		for _, x := range r.Big {
 			if x.Error != "" {
@@ -349,7 +467,7 @@ func (r *report) notes(b *strings.Builder) {
 	var lines []string
 	for _, x := range r.Results {
 		if x.Errors > 0 || x.Note != "" {
-			lines = append(lines, fmt.Sprintf("- %s, %s, %s, round %d: %d errors %s", x.Server, x.Cell, x.Gen, x.Rep+1, x.Errors, x.Note))
+			lines = append(lines, fmt.Sprintf("- %s, %s, %s, `%s`, round %d: %d errors %s", x.Server, x.Cell, x.Gen, x.Placement, x.Rep+1, x.Errors, x.Note))
 		}
 	}
 	if len(lines) == 0 {

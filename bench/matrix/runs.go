@@ -59,6 +59,22 @@ type runResult struct {
 	// ServerCPU is the server process's CPU time per message, in µs.
 	ServerCPU float64 `json:"server_cpu_us_per_msg"`
 	Note      string  `json:"note,omitempty"`
+	// Placement is where the server and the generator ran: split or shared.
+	Placement placement `json:"placement"`
+	// GenCPU is the generator process's CPU time over the run's wall time,
+	// in percent of one CPU: near 100 for the single-threaded smtp-source,
+	// the run measured the generator's limit more than the server's.
+	GenCPU float64 `json:"generator_cpu_pct"`
+}
+
+// genCPU is the CPU time a finished generator used, in percent of one CPU
+// over elapsed seconds of wall time.
+func genCPU(cmd *exec.Cmd, elapsed float64) float64 {
+	ps := cmd.ProcessState
+	if ps == nil || elapsed <= 0 {
+		return 0
+	}
+	return (ps.UserTime() + ps.SystemTime()).Seconds() / elapsed * 100
 }
 
 const (
@@ -78,7 +94,7 @@ func (h *harness) runEcho(s *server, c cell, d time.Duration) runResult {
 }
 
 func (h *harness) loadArgs(s *server, c cell, d time.Duration, gen string, extra ...string) runResult {
-	r := runResult{Gen: gen, Server: s.Name, Cell: c}
+	r := runResult{Gen: gen, Server: s.Name, Placement: h.cpu.place, Cell: c}
 	args := []string{"-addr", s.addr, "-c", strconv.Itoa(c.Conns), "-size", strconv.FormatInt(c.Size, 10),
 		"-n", "0", "-duration", d.String(), "-timeout", "30s", "-json"}
 	if c.Reuse {
@@ -89,6 +105,7 @@ func (h *harness) loadArgs(s *server, c cell, d time.Duration, gen string, extra
 	defer cancel()
 	var out, errb bytes.Buffer
 	cmd := exec.CommandContext(ctx, h.bin("load"), args...)
+	h.pin(cmd, false)
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	runErr := cmd.Run()
 	var res loadgen.Result
@@ -98,6 +115,7 @@ func (h *harness) loadArgs(s *server, c cell, d time.Duration, gen string, extra
 		return r
 	}
 	r.Messages, r.Errors, r.Elapsed, r.Rate = res.Messages, res.Errors, res.Elapsed, res.MsgsPerSec
+	r.GenCPU = genCPU(cmd, res.Elapsed)
 	r.P50ms, r.P99ms = res.P50ms, res.P99ms
 	if len(res.ErrorKinds) > 0 {
 		kinds, _ := json.Marshal(res.ErrorKinds)
@@ -115,7 +133,7 @@ var counterRE = regexp.MustCompile(`\d+`)
 // time limit of its own: the harness sizes count from an earlier rate and
 // kills it after a bound; -c's running counter gives the messages done.
 func (h *harness) runSource(s *server, c cell, count int64, d time.Duration) runResult {
-	r := runResult{Gen: genSource, Server: s.Name, Cell: c}
+	r := runResult{Gen: genSource, Server: s.Name, Placement: h.cpu.place, Cell: c}
 	if count < int64(c.Conns) {
 		count = int64(c.Conns)
 	}
@@ -134,10 +152,12 @@ func (h *harness) runSource(s *server, c cell, count int64, d time.Duration) run
 	defer cancel()
 	var out, errb bytes.Buffer
 	cmd := exec.CommandContext(ctx, h.smtpSource, args...)
+	h.pin(cmd, false)
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	start := time.Now()
 	runErr := cmd.Run()
 	r.Elapsed = time.Since(start).Seconds()
+	r.GenCPU = genCPU(cmd, r.Elapsed)
 	if m := counterRE.FindAll(out.Bytes(), -1); len(m) > 0 {
 		r.Messages, _ = strconv.ParseInt(string(m[len(m)-1]), 10, 64)
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"log"
 	"net"
 	"os"
 	"os/exec"
@@ -35,6 +36,7 @@ type server struct {
 	cmd     *exec.Cmd
 	logFile *os.File
 	exited  chan struct{}
+	cpus    string // the CPUs it may run on (Cpus_allowed_list), once started
 }
 
 func (s *server) pid() int { return s.cmd.Process.Pid }
@@ -42,7 +44,7 @@ func (s *server) pid() int { return s.cmd.Process.Pid }
 // allServers lists every server the harness knows, in table order.
 func allServers() []*serverDef {
 	return []*serverDef{
-		{Name: "caddy-discard", Ours: true, What: "caddy-esmtp in Caddy (`cmd/caddy`), `discard` sub-handler, Caddy's default logging (INFO, one line per session and per message) to a file", start: startCaddy("discard", "")},
+		{Name: "caddy-discard", Ours: true, What: "caddy-esmtp in Caddy (`cmd/caddy`), `discard` sub-handler, Caddy's default logging (INFO: one line per message, to a file)", start: startCaddy("discard", "")},
 		{Name: "caddy-discard-quiet", What: "the same with `log { level ERROR }`: what the INFO log lines cost", start: startCaddy("discard", "ERROR")},
 		{Name: "caddy-maildir-tmpfs", What: "caddy-esmtp, `maildir` (fsync, link, dir fsync before 250) on tmpfs (/dev/shm)", start: startCaddy("maildir-tmpfs", "")},
 		{Name: "caddy-maildir-disk", What: "caddy-esmtp, `maildir` on disk (the temp dir's file system)", start: startCaddy("maildir-disk", "")},
@@ -83,6 +85,7 @@ func (h *harness) startServer(def *serverDef) (*server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %v", def.Name, err)
 	}
+	h.pin(cmd, true)
 	cmd.Stdout, cmd.Stderr = s.logFile, s.logFile
 	if cmd.Dir == "" {
 		cmd.Dir = s.dir
@@ -95,6 +98,11 @@ func (h *harness) startServer(def *serverDef) (*server, error) {
 	if err := s.waitReady(30 * time.Second); err != nil {
 		s.stop()
 		return nil, fmt.Errorf("%s did not start (log %s): %v", def.Name, s.logFile.Name(), err)
+	}
+	// The PID is the server's own (taskset execs it): check its affinity.
+	s.cpus = statusField(fmt.Sprintf("/proc/%d/status", s.pid()), "Cpus_allowed_list")
+	if want := h.cpu.serverCPUs; h.cpu.place == placeSplit && s.cpus != want {
+		log.Printf("%s (pid %d) runs on CPUs %q, not %q", def.Name, s.pid(), s.cpus, want)
 	}
 	return s, nil
 }
