@@ -3,6 +3,7 @@ package esmtp
 import (
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,7 +23,16 @@ type metrics struct {
 	tls           *prometheus.CounterVec
 	auth          *prometheus.CounterVec
 	hookDuration  *prometheus.HistogramVec
+
+	// Children resolved once rather than per call (label hashing and a
+	// map lookup each time, for every header and body chunk a sub-handler
+	// sees): messages by code class, and hookDuration by (handler, event).
+	codeClass [6]prometheus.Counter
+	hooks     sync.Map // hookKey -> prometheus.Observer
 }
+
+// hookKey is a (handler, event) label pair of hookDuration.
+type hookKey struct{ handler, event string }
 
 const namespace = "caddy_esmtp"
 
@@ -67,6 +77,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: []float64{.00001, .0001, .001, .01, .1, 1, 10},
 		}, []string{"handler", "event"})).(*prometheus.HistogramVec),
 	}
+	for _, i := range []int{2, 4, 5} { // the classes a final reply can have
+		m.codeClass[i] = m.messages.WithLabelValues(strconv.Itoa(i) + "xx")
+	}
 	return m, errors.Join(errs...)
 }
 
@@ -77,7 +90,11 @@ func (o observer) SessionStarted() { o.m.sessionsOpen.Inc(); o.m.sessionsTotal.I
 func (o observer) SessionEnded()   { o.m.sessionsOpen.Dec() }
 
 func (o observer) Message(code int, size int64, rcpts int) {
-	o.m.messages.WithLabelValues(strconv.Itoa(code/100) + "xx").Inc()
+	if c := code / 100; c >= 0 && c < len(o.m.codeClass) && o.m.codeClass[c] != nil {
+		o.m.codeClass[c].Inc()
+	} else {
+		o.m.messages.WithLabelValues(strconv.Itoa(code/100) + "xx").Inc()
+	}
 	if code < 400 {
 		o.m.recipients.Add(float64(rcpts))
 		o.m.bytes.Add(float64(size))
@@ -95,7 +112,12 @@ func (o observer) TLS(ok bool) {
 func (o observer) Auth(result string) { o.m.auth.WithLabelValues(result).Inc() }
 
 func (o observer) Hook(handler, event string, d time.Duration) {
-	o.m.hookDuration.WithLabelValues(handler, event).Observe(d.Seconds())
+	k := hookKey{handler, event}
+	h, ok := o.m.hooks.Load(k)
+	if !ok {
+		h, _ = o.m.hooks.LoadOrStore(k, o.m.hookDuration.WithLabelValues(handler, event))
+	}
+	h.(prometheus.Observer).Observe(d.Seconds())
 }
 
 var _ session.Observer = observer{}
