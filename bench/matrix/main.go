@@ -69,8 +69,8 @@ func main() {
 	quick := flag.Bool("quick", false, "only 10 KiB x 20 sessions (both modes, every server): a few minutes")
 	runs := flag.Int("runs", 3, "runs per cell (the median is reported)")
 	dur := flag.Duration("d", 0, "time per run (default 2s with -quick, 1.2s for the full matrix)")
-	out := flag.String("out", "bench/RESULTS.md", "report to write (relative to the module root)")
-	jsonOut := flag.String("json", "bench/RESULTS.json", "raw results to write (relative to the module root)")
+	out := flag.String("out", "", "report to write, relative to the module root (default bench/RESULTS.md, with -quick bench/RESULTS-quick.md)")
+	jsonOut := flag.String("json", "", "raw results to write, relative to the module root (default bench/RESULTS.json, with -quick bench/RESULTS-quick.json)")
 	only := flag.String("servers", "", "comma-separated server names to run (default: all)")
 	doThroughput := flag.Bool("throughput", true, "run the throughput matrix")
 	doMem := flag.Bool("mem", true, "run the memory measurements")
@@ -89,6 +89,15 @@ func main() {
 		if h.quick {
 			h.dur = 2 * time.Second
 		}
+	}
+	if *out == "" {
+		*out = "bench/RESULTS.md"
+		if *quick {
+			*out = "bench/RESULTS-quick.md"
+		}
+	}
+	if *jsonOut == "" {
+		*jsonOut = strings.TrimSuffix(*out, ".md") + ".json"
 	}
 	if *cpus == "" {
 		*cpus = "split"
