@@ -221,7 +221,7 @@ func (h *harness) init(setup bool) error {
 			return err
 		}
 	}
-	for name, pkg := range map[string]string{"caddy": "./cmd/caddy", "load": "./bench/load", "gosmtp": "./bench/peers/gosmtp", "echo": "./bench/peers/echo"} {
+	for name, pkg := range map[string]string{"caddy": "./cmd/caddy", "load": "./bench/load", "gosmtp": "./bench/peers/gosmtp", "minimal": "./bench/peers/minimal", "echo": "./bench/peers/echo"} {
 		log.Printf("building %s", pkg)
 		cmd := exec.Command("go", "build", "-o", h.bin(name), pkg)
 		cmd.Dir = h.root

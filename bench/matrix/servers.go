@@ -50,6 +50,7 @@ func allServers() []*serverDef {
 		{Name: "caddy-maildir-disk", What: "caddy-esmtp, `maildir` on disk (the temp dir's file system)", start: startCaddy("maildir-disk", "")},
 		{Name: "smtp-sink", Peer: true, What: "Postfix smtp-sink (C, one process, event loop), PIPELINING and 8BITMIME on (default), `-m 20000` connections", start: startSink},
 		{Name: "go-smtp", Peer: true, What: "emersion/go-smtp v0.25.1 server, discards the data (`bench/peers/gosmtp`)", start: startGoSMTP},
+		{Name: "go-minimal", What: "not a real server: the least a Go SMTP responder can do (`bench/peers/minimal`: fixed replies, data skipped to the final dot, no parsing, limits, timeouts or logs), the floor for any Go server", start: startMinimal},
 		{Name: "haraka", Peer: true, What: "Haraka 3.3.4 (Node.js, nodes=0: one process), plugins rcpt_to.in_host_list + queue/discard, a local plugin turns rDNS off and sets TCP_NODELAY, log level WARN", start: startHaraka},
 		{Name: "caddy-l4-echo", Echo: true, What: "bare caddy-l4 `echo` route (not SMTP): Caddy's and caddy-l4's own per-connection cost", start: startCaddy("echo", "ERROR")},
 		{Name: "go-echo", Echo: true, What: "bare Go TCP echo server (`bench/peers/echo`): the floor under caddy-l4-echo", start: startGoEcho},
@@ -271,6 +272,10 @@ func startSink(h *harness, s *server) (*exec.Cmd, error) {
 	}
 	args = append(args, "-h", "sink.example.test", s.addr, "4096")
 	return exec.Command(h.smtpSink, args...), nil
+}
+
+func startMinimal(h *harness, s *server) (*exec.Cmd, error) {
+	return exec.Command(h.bin("minimal"), "-addr", s.addr), nil
 }
 
 func startGoEcho(h *harness, s *server) (*exec.Cmd, error) {
