@@ -53,15 +53,14 @@ type Session struct {
 	streamCancel   context.CancelFunc
 	streamDeadline time.Time
 
-	remoteStr  string   // remoteOf's String(), for log lines
-	remoteOf   net.Addr // the address remoteStr was made from
-	heloLog    string   // Sanitize(heloLogOf, 255), for log lines
-	heloLogOf  string
-	dataReader bool // r is the large reader from dataReaderPool
-	secret     bool // the next line is a SASL response: kept out of the transcript
-	closing    bool // the session ends after the reply being sent
-	draining   atomic.Bool
-	deadline   time.Time // the current read deadline before any drain
+	remoteStr string   // remoteOf's String(), for log lines
+	remoteOf  net.Addr // the address remoteStr was made from
+	heloLog   string   // Sanitize(heloLogOf, 255), for log lines
+	heloLogOf string
+	secret    bool // the next line is a SASL response: kept out of the transcript
+	closing   bool // the session ends after the reply being sent
+	draining  atomic.Bool
+	deadline  time.Time // the current read deadline before any drain
 }
 
 // Transaction is one mail transaction, from MAIL to end of message or RSET.
@@ -214,34 +213,37 @@ func getReader(conn net.Conn) *bufio.Reader {
 // useDataReader switches to the large reader for message data. The
 // current reader must be empty.
 func (s *Session) useDataReader() {
-	if s.dataReader || s.r.Buffered() > 0 {
+	if s.inDataReader() || s.r.Buffered() > 0 {
 		return
 	}
 	r := dataReaderPool.Get().(*bufio.Reader)
 	r.Reset(s.conn)
 	s.putReader()
-	s.r, s.dataReader = r, true
+	s.r = r
 }
 
 // useCommandReader switches back to the small reader once the large one
 // is empty.
 func (s *Session) useCommandReader() {
-	if !s.dataReader || s.r.Buffered() > 0 {
+	if !s.inDataReader() || s.r.Buffered() > 0 {
 		return
 	}
 	r := getReader(s.conn)
 	s.putReader()
-	s.r, s.dataReader = r, false
+	s.r = r
 }
+
+// inDataReader reports whether the session reads through the large reader.
+func (s *Session) inDataReader() bool { return s.r.Size() == dataReaderSize }
 
 // putReader gives the session's reader back to its pool.
 func (s *Session) putReader() {
-	s.r.Reset(nil)
-	if s.dataReader {
-		dataReaderPool.Put(s.r)
-	} else {
-		readerPool.Put(s.r)
+	pool := &readerPool
+	if s.inDataReader() {
+		pool = &dataReaderPool
 	}
+	s.r.Reset(nil)
+	pool.Put(s.r)
 	s.r = nil
 }
 
@@ -599,7 +601,7 @@ func clientGone(err error) bool {
 // remoteString is the client address as log lines show it, made once per
 // address (XCLIENT may change it).
 func (s *Session) remoteString() string {
-	if s.remoteOf != s.remote || s.remoteStr == "" {
+	if s.remoteOf != s.remote {
 		s.remoteStr, s.remoteOf = addrString(s.remote), s.remote
 	}
 	return s.remoteStr
@@ -608,7 +610,7 @@ func (s *Session) remoteString() string {
 // heloString is the HELO/EHLO name as log lines show it, sanitised once
 // per name.
 func (s *Session) heloString() string {
-	if s.heloLogOf != s.helo || (s.heloLog == "" && s.helo != "") {
+	if s.heloLogOf != s.helo {
 		s.heloLog, s.heloLogOf = Sanitize(s.helo, 255), s.helo
 	}
 	return s.heloLog

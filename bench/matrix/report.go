@@ -78,9 +78,10 @@ type stat struct {
 func (r *report) stat(pl placement, server string, c cell, gen string) stat {
 	runs := r.pick(pl, server, c, gen)
 	var st stat
-	var rates, p50s, p99s, cpus []float64
+	var rates, p50s, p99s, cpus, gens []float64
 	for _, x := range runs {
 		rates = append(rates, x.Rate)
+		gens = append(gens, x.GenCPU)
 		p50s = append(p50s, x.P50ms)
 		p99s = append(p99s, x.P99ms)
 		cpus = append(cpus, x.ServerCPU)
@@ -91,10 +92,6 @@ func (r *report) stat(pl placement, server string, c cell, gen string) stat {
 	}
 	st.n = len(runs)
 	st.rate, st.p50, st.p99, st.cpu = median(rates), median(p50s), median(p99s), median(cpus)
-	var gens []float64
-	for _, x := range runs {
-		gens = append(gens, x.GenCPU)
-	}
 	st.genCPU = median(gens)
 	return st
 }
