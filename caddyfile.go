@@ -35,8 +35,9 @@ import (
 //		require_tls
 //		log_transcript
 //		xclient_networks   <cidr...>
-//		max_connections    <n>
-//		max_connections_per_ip <n>
+//		max_connections    <n>|unlimited
+//		max_connections_per_ip <n>|unlimited
+//		min_data_rate      <size>        # bytes per second: 500, 1KiB
 //		reject_early_talkers [<greet_delay>]
 //		@<name> { rcpt|sender|remote_ip|authenticated|tls ... }
 //		<sub-handler> [@<name>] [<args...>] [{ ... }]   # e.g. maildir @local ./mail
@@ -90,14 +91,22 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			n, err := strconv.Atoi(v)
-			if err != nil || n < 0 {
-				return d.Errf("%s: must be a non-negative integer, got %q", opt, v)
+			if v == "unlimited" {
+				n, err = -1, nil
+			} else if err != nil || n <= 0 {
+				return d.Errf("%s: must be a positive integer or \"unlimited\", got %q", opt, v)
 			}
 			if opt == "max_connections" {
 				h.MaxConnections = n
 			} else {
 				h.MaxConnectionsPerIP = n
 			}
+		case "min_data_rate":
+			n, err := sizeArg(d, opt)
+			if err != nil {
+				return err
+			}
+			h.MinDataRate = n
 		case "reject_early_talkers":
 			h.RejectEarlyTalkers = true
 			if d.NextArg() {

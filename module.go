@@ -58,14 +58,24 @@ type Handler struct {
 	// MaxRecipients is the most recipients per message; more get
 	// 452 4.5.3. Default: 100.
 	MaxRecipients int `json:"max_recipients,omitempty"`
-	// MaxErrors is how many failed commands a session may give before it
-	// is closed with 421 4.7.0. Default: 10.
+	// MaxErrors is how many protocol errors (syntax, sequence, unknown
+	// commands, failed AUTH) a session may make since its last accepted
+	// message before it is closed with 421 4.7.0; policy refusals such as
+	// an unknown recipient do not count. Default: 10.
 	MaxErrors int `json:"max_errors,omitempty"`
 	// CommandTimeout bounds the time to receive one whole command line;
 	// then 421 4.4.2 and close. Default: 5m.
 	CommandTimeout caddy.Duration `json:"command_timeout,omitempty"`
-	// DataTimeout bounds each wait for message data. Default: 10m.
+	// DataTimeout bounds each wait for message data, and is the starting
+	// budget of the whole data phase (see min_data_rate). Default: 10m.
 	DataTimeout caddy.Duration `json:"data_timeout,omitempty"`
+	// MinDataRate bounds the whole data phase (DATA, or all the BDATs of
+	// a message), in bytes per second, as Postfix's smtpd_min_data_rate:
+	// each read spends the time it waited from a budget of data_timeout
+	// and earns back the time its bytes are worth at this rate, never above
+	// data_timeout. A client that sends slower than this on average (a
+	// drip-feeder) gets 421 4.4.2 and nothing is delivered. Default: 500.
+	MinDataRate int64 `json:"min_data_rate,omitempty"`
 	// ChunkSize is the largest body chunk given to a sub-handler at once,
 	// in bytes. Default: 64 KiB.
 	ChunkSize int `json:"chunk_size,omitempty"`
@@ -99,12 +109,14 @@ type Handler struct {
 	// HELO name and login (Postfix's extension, as nginx's mail proxy
 	// speaks it). Empty: XCLIENT is refused.
 	XClientNetworks []string `json:"xclient_networks,omitempty"`
-	// MaxConnections bounds the sessions of this handler at once; more get
-	// 421 4.7.0 and are closed at once, before they use up file
-	// descriptors. 0 (default): no limit.
+	// MaxConnections bounds the sessions on this handler's port at once;
+	// more get 421 4.7.0 and are closed at once, before they use up file
+	// descriptors. Sessions still draining on a replaced configuration
+	// count too. Default: 1000; -1: no limit.
 	MaxConnections int `json:"max_connections,omitempty"`
-	// MaxConnectionsPerIP bounds the sessions from one client IP at once;
-	// more get 421 4.7.0. 0 (default): no limit.
+	// MaxConnectionsPerIP bounds the sessions from one client IP at once,
+	// counted as max_connections is; more get 421 4.7.0. Proxies in
+	// xclient_networks are not limited per IP. Default: 20; -1: no limit.
 	MaxConnectionsPerIP int `json:"max_connections_per_ip,omitempty"`
 	// RejectEarlyTalkers waits GreetDelay before the greeting; a client
 	// that sends anything by then (which RFC 5321 forbids, and spam
@@ -194,6 +206,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		MaxErrors:           h.MaxErrors,
 		CommandTimeout:      time.Duration(h.CommandTimeout),
 		DataTimeout:         time.Duration(h.DataTimeout),
+		MinDataRate:         h.MinDataRate,
 		ChunkSize:           h.ChunkSize,
 		MaxLineLength:       h.MaxLineLength,
 		MaxHeaderSize:       h.MaxHeaderSize,

@@ -49,6 +49,7 @@ const badInputCaddyfile = `{
 				esmtp {
 					hostname limited.example.test
 					max_connections 100
+					max_connections_per_ip unlimited # every test client is 127.0.0.1
 					maildir %MAIL%
 				}
 			}

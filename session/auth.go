@@ -25,7 +25,10 @@ type AuthHook interface {
 	Authenticate(ctx context.Context, s *Session, mechanism, identity, username, password string) (bool, error)
 }
 
-var errAuthSyntax = errors.New("malformed SASL response")
+var (
+	errAuthSyntax   = errors.New("malformed SASL response")
+	errHookPanicked = errors.New("sub-handler panicked")
+)
 
 // decodePlain splits a PLAIN response (RFC 4616): authzid NUL authcid NUL
 // passwd, base64-encoded.
@@ -55,14 +58,15 @@ func decodeSASL(b64 []byte) ([]byte, error) {
 }
 
 // authHookFor returns the first AuthHook offering mechanisms on this
-// session, with them.
-func (s *Session) authHookFor() (AuthHook, []string) {
+// session, with them (none when no hook offers any).
+func (s *Session) authHookFor() (hooked[AuthHook], []string) {
 	for _, hk := range s.srv.hooks.auth {
-		if m := hk.h.AuthMechanisms(s); len(m) > 0 {
-			return hk.h, supportedMechanisms(m)
+		var m []string
+		if s.safely("auth mechanisms", hk.name, func() { m = hk.h.AuthMechanisms(s) }) && len(m) > 0 {
+			return hk, supportedMechanisms(m)
 		}
 	}
-	return nil, nil
+	return hooked[AuthHook]{}, nil
 }
 
 // supportedMechanisms keeps the mechanisms the engine implements.
@@ -80,7 +84,7 @@ var (
 	replyAuthOK        = NewReply(235, "2.7.0", "Authentication successful")
 	replyAuthFailed    = NewReply(535, "5.7.8", "Authentication credentials invalid")
 	replyAuthTempFail  = NewReply(454, "4.7.0", "Temporary authentication failure")
-	replyAuthCancelled = NewReply(501, "5.0.0", "Authentication cancelled")
+	replyAuthCancelled = NewReply(501, "5.7.0", "Authentication cancelled")
 	replyAuthSyntax    = NewReply(501, "5.5.2", "Malformed authentication response")
 	replyAuthAgain     = NewReply(503, "5.5.1", "Already authenticated")
 	replyAuthInTxn     = NewReply(503, "5.5.1", "AUTH not allowed during a mail transaction")
@@ -103,7 +107,7 @@ func (s *Session) cmdAuth(arg []byte) *Reply {
 		return replyAuthInTxn
 	}
 	hook, mechs := s.authHookFor()
-	if hook == nil {
+	if len(mechs) == 0 {
 		if len(s.srv.hooks.auth) > 0 && s.tls == nil {
 			return replyAuthNeedsTLS
 		}
@@ -153,7 +157,11 @@ func (s *Session) cmdAuth(arg []byte) *Reply {
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandlerTimeout)
 	defer cancel()
-	ok, err := hook.Authenticate(ctx, s, mech, identity, user, pass)
+	var ok bool
+	var err error
+	if !s.safely("auth", hook.name, func() { ok, err = hook.h.Authenticate(ctx, s, mech, identity, user, pass) }) {
+		err = errHookPanicked
+	}
 	switch {
 	case err != nil:
 		s.cfg.Observer.Auth("error")
@@ -190,4 +198,43 @@ func (s *Session) saslResponse(challenge *Reply) ([]byte, *Reply) {
 		return nil, replyAuthCancelled
 	}
 	return line, nil
+}
+
+// replyBadAuthParam answers a malformed or repeated AUTH= parameter.
+var replyBadAuthParam = NewReply(501, "5.5.4", "Syntax error in AUTH parameter")
+
+// authAdvertised reports whether AUTH is (or was, before the client logged
+// in) advertised on this session, so that MAIL FROM may carry AUTH=.
+func (s *Session) authAdvertised() bool {
+	if s.AuthUser() != "" {
+		return true
+	}
+	_, mechs := s.authHookFor()
+	return len(mechs) > 0
+}
+
+// validAuthParam checks the value of MAIL FROM's AUTH= parameter (RFC 4954
+// section 5): "<>" or an xtext-encoded mailbox; UTF-8 is checked later,
+// once SMTPUTF8 is known.
+func validAuthParam(v string) bool {
+	return v == "<>" || (v != "" && len(v) <= maxAuthParam && validXtext(v, true))
+}
+
+// maxAuthParam bounds the AUTH= value: an xtext-encoded mailbox of at most
+// 256 octets (RFC 5321 4.5.3.1.3), each octet at most three characters.
+const maxAuthParam = 3 * 256
+
+// keepAuthParam settles MAIL FROM's AUTH= parameter, params[i]: non-ASCII
+// only with SMTPUTF8, and "<>" unless the client has authenticated, since
+// RFC 4954 section 5 has a server that does not trust the client behave as
+// if AUTH=<> had been given. What is kept in Transaction.MailParams is what
+// a relaying sub-handler passes on.
+func (s *Session) keepAuthParam(params Params, i int, utf8 bool) *Reply {
+	if v := params[i].Value; v != "<>" && !validXtext(v, utf8) {
+		return replyBadAuthParam
+	}
+	if s.AuthUser() == "" {
+		params[i].Value = "<>"
+	}
+	return nil
 }

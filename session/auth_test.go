@@ -104,9 +104,9 @@ func TestAuthMechanisms(t *testing.T) {
 		{"PLAIN two steps", []string{"AUTH PLAIN", "334 ", plain("", "bob", "hunter2"), "235 2.7.0"}, "bob"},
 		{"LOGIN two steps", []string{"AUTH LOGIN", "334 VXNlcm5hbWU6", b64("alice"), "334 UGFzc3dvcmQ6", b64("s3cret"), "235 2.7.0"}, "alice"},
 		{"LOGIN initial response", []string{"AUTH LOGIN " + b64("bob"), "334 UGFzc3dvcmQ6", b64("hunter2"), "235 2.7.0"}, "bob"},
-		{"PLAIN cancelled", []string{"AUTH PLAIN", "334 ", "*", "501 5.0.0"}, ""},
-		{"LOGIN cancelled at username", []string{"AUTH LOGIN", "334 VXNlcm5hbWU6", "*", "501 5.0.0"}, ""},
-		{"LOGIN cancelled at password", []string{"AUTH LOGIN", "334 VXNlcm5hbWU6", b64("alice"), "334 UGFzc3dvcmQ6", "*", "501 5.0.0"}, ""},
+		{"PLAIN cancelled", []string{"AUTH PLAIN", "334 ", "*", "501 5.7.0"}, ""},
+		{"LOGIN cancelled at username", []string{"AUTH LOGIN", "334 VXNlcm5hbWU6", "*", "501 5.7.0"}, ""},
+		{"LOGIN cancelled at password", []string{"AUTH LOGIN", "334 VXNlcm5hbWU6", b64("alice"), "334 UGFzc3dvcmQ6", "*", "501 5.7.0"}, ""},
 		{"PLAIN bad base64", []string{"AUTH PLAIN !!notbase64!!", "501 5.5.2"}, ""},
 		{"PLAIN bad base64 two steps", []string{"AUTH PLAIN", "334 ", "%%%", "501 5.5.2"}, ""},
 		{"PLAIN without NULs", []string{"AUTH PLAIN " + b64("alice s3cret"), "501 5.5.2"}, ""},
@@ -252,7 +252,7 @@ func TestAuthNotLogged(t *testing.T) {
 	ts.expect(334, "")
 	ts.send(b64("alice"))
 	ts.expect(334, "")
-	ts.cmd("*", 501, "5.0.0")
+	ts.cmd("*", 501, "5.7.0")
 	ts.send("AUTH PLAIN")
 	ts.expect(334, "")
 	ts.sendRaw(plain("", "alice", pass) + "\n") // a malformed line still is a secret

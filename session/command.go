@@ -16,6 +16,9 @@ import (
 // reply to send, or nil when the command sent its replies itself.
 func (s *Session) command(line []byte) *Reply {
 	if bytes.IndexAny(line, "\r\n\x00") >= 0 {
+		if isBdat(line) {
+			return replyBdatSyntax // its chunk follows and cannot be skipped
+		}
 		return replyBadChars
 	}
 	verbBytes, argBytes, _ := bytes.Cut(line, []byte{' '})
@@ -101,6 +104,9 @@ func (s *Session) command(line []byte) *Reply {
 		// (A copy, so that verb, which hooks would keep, stays on the stack.)
 		return s.verb(strings.Clone(verb), string(argBytes), replyNotImpl)
 	}
+	if isBdat(line) { // "BDAT\t12": not a BDAT we can parse, but a chunk may follow
+		return replyBdatSyntax
+	}
 	return s.verb(Sanitize(strings.ToUpper(string(verbBytes)), 64), string(argBytes), replyUnknown)
 }
 
@@ -154,9 +160,7 @@ func (s *Session) cmdHelo(arg string, extended bool) *Reply {
 	if s.xclientAllowed() {
 		lines = append(lines, xclientEHLOKeyword)
 	}
-	for _, h := range s.srv.hooks.ext {
-		lines = append(lines, h.h.Extensions(s)...)
-	}
+	lines = append(lines, s.extensions()...)
 	return &Reply{Code: 250, Lines: lines, plain: true}
 }
 
@@ -174,7 +178,9 @@ func (s *Session) cmdMail(arg string) *Reply {
 		return replyMailSyntax
 	}
 	path, params, err := ParsePathArg(arg[5:], true, false)
-	if err != nil {
+	if errors.Is(err, errParamSyntax) {
+		return replyParamSyntax
+	} else if err != nil {
 		return replyBadSender
 	}
 	txn := &Transaction{From: path, MailParams: params}
@@ -183,7 +189,8 @@ func (s *Session) cmdMail(arg string) *Reply {
 		return replyParamsNeedEhlo
 	}
 	var dsn uint8
-	for _, p := range params {
+	authParam := -1
+	for i, p := range params {
 		switch p.Key {
 		case "SIZE":
 			n, err := strconv.ParseInt(p.Value, 10, 64)
@@ -204,6 +211,14 @@ func (s *Session) cmdMail(arg string) *Reply {
 				return replyBadParam
 			}
 			txn.UTF8 = true
+		case "AUTH":
+			if !s.authAdvertised() {
+				return replyBadParam
+			}
+			if authParam >= 0 || !p.HasValue || !validAuthParam(p.Value) {
+				return replyBadAuthParam
+			}
+			authParam = i
 		default:
 			if r := s.dsnParam(p, true, &dsn); r != nil {
 				return r
@@ -212,6 +227,11 @@ func (s *Session) cmdMail(arg string) *Reply {
 	}
 	if path.UTF8 && !txn.UTF8 {
 		return replyNeedUTF8
+	}
+	if authParam >= 0 {
+		if r := s.keepAuthParam(params, authParam, txn.UTF8); r != nil {
+			return r
+		}
 	}
 	txn.Start = time.Now()
 	txn.ID = newID(txn.Start)
@@ -237,7 +257,9 @@ func (s *Session) cmdRcpt(arg string) *Reply {
 		return replyRcptSyntax
 	}
 	path, params, err := ParsePathArg(arg[3:], false, true)
-	if err != nil {
+	if errors.Is(err, errParamSyntax) {
+		return replyParamSyntax
+	} else if err != nil {
 		return replyBadRcpt
 	}
 	if len(params) > 0 {
@@ -261,6 +283,7 @@ func (s *Session) cmdRcpt(arg string) *Reply {
 		return h.Rcpt(ctx, s, path, params)
 	})
 	if r != nil && r.Code >= 400 {
+		s.txn.refused++
 		return r
 	}
 	s.txn.Recipients = append(s.txn.Recipients, Recipient{Path: path, Params: params})
@@ -275,6 +298,8 @@ func (s *Session) dataAllowed() *Reply {
 	switch {
 	case s.txn == nil:
 		return replyNeedMail
+	case len(s.txn.Recipients) == 0 && s.txn.refused > 0:
+		return replyNoValidRcpts // RFC 5321 3.3: every RCPT was refused
 	case len(s.txn.Recipients) == 0:
 		return replyNeedRcpt
 	}
@@ -339,17 +364,52 @@ func (s *Session) cmdData(hasArg bool) *Reply {
 	return nil
 }
 
-// fill waits, within DataTimeout, for more bytes from the client.
+// fill waits for more bytes from the client, within DataTimeout and
+// within what is left of the data phase's budget (see spendData).
 func (s *Session) fill() error {
-	s.setDeadline(s.cfg.DataTimeout)
+	s.setDeadline(s.dataWait(s.cfg.DataTimeout))
 	s.useDataReader()
+	start := time.Now()
 	for {
 		_, err := s.r.Peek(1)
 		if err != nil && s.drainRetry(err, true) {
 			continue
 		}
+		s.spendData(time.Since(start), s.r.Buffered())
 		return err
 	}
+}
+
+// The data phase (DATA up to its end, or every BDAT of a message, their
+// command lines included) is bounded as a whole, the way Postfix bounds it
+// with smtpd_min_data_rate and per-request deadlines: it starts with a
+// budget of DataTimeout; each read spends the time it waited and earns
+// the time its bytes are worth at MinDataRate, never above DataTimeout. A
+// client that keeps the data flowing at MinDataRate or faster never runs
+// out; one that drips bytes slower does, and gets 421 4.4.2. Time spent in
+// sub-handlers is not the client's and is not counted.
+
+// startDataBudget starts the data phase's budget.
+func (s *Session) startDataBudget() {
+	s.dataBudget = s.cfg.DataTimeout
+	s.dataCut = false
+}
+
+// dataWait is the read deadline for the next read of the data phase: at
+// most limit, and no more than the budget left.
+func (s *Session) dataWait(limit time.Duration) time.Duration {
+	if s.dataBudget < limit {
+		s.dataCut = true // a timeout now is the budget's, not limit's
+		return max(s.dataBudget, time.Nanosecond)
+	}
+	s.dataCut = false
+	return limit
+}
+
+// spendData charges a read that waited took and brought n bytes.
+func (s *Session) spendData(took time.Duration, n int) {
+	earned := time.Duration(float64(n) / float64(s.cfg.MinDataRate) * float64(time.Second))
+	s.dataBudget = min(s.dataBudget-took+earned, s.cfg.DataTimeout)
 }
 
 // dataReadFailed ends the session after a read error inside message data.
@@ -361,9 +421,19 @@ func (s *Session) dataReadFailed(err error) {
 	s.readFailed(err)
 }
 
-// isBdat reports whether a command line starts with "BDAT ".
+// isBdat reports whether a command line, well formed or not, is a BDAT:
+// its verb is BDAT, followed by anything but a letter or digit. A refused
+// BDAT line closes the session, since the chunk that follows could not be
+// skipped and must never be read as commands.
 func isBdat(line []byte) bool {
-	return len(line) >= 5 && bytes.EqualFold(line[:5], []byte("BDAT "))
+	if len(line) < 4 || !bytes.EqualFold(line[:4], []byte("BDAT")) {
+		return false
+	}
+	if len(line) == 4 {
+		return true
+	}
+	c := line[4] | 0x20
+	return !(c >= 'a' && c <= 'z') && !(line[4] >= '0' && line[4] <= '9')
 }
 
 // parseBdat parses "<size> [LAST]".
@@ -453,6 +523,7 @@ func (s *Session) chunk(size int64, keep bool) error {
 func (s *Session) startMessage(dot bool) {
 	s.dec.reset(dot, s.cfg.BareLineEndings == BareNormalize, s.cfg.MaxLineLength)
 	s.asm.reset(s, s.ctx)
+	s.startDataBudget()
 	if !s.asm.stream {
 		return
 	}
@@ -491,6 +562,7 @@ func (s *Session) endMessage() {
 		s.abort(errRejected)
 	} else {
 		s.messages++
+		s.strikes = 0 // a client that delivers mail is not misbehaving
 		s.txn = nil
 	}
 	s.logMessage(txn, r)
@@ -579,8 +651,7 @@ func invoke[H any](s *Session, event string, hk hooked[H], ctx context.Context, 
 	start := time.Now()
 	defer func() {
 		if p := recover(); p != nil {
-			s.log.Error("sub-handler panicked", zap.String("session", s.id), zap.String("event", event),
-				zap.String("handler", hk.name), zap.Any("panic", p))
+			s.logPanic(event, hk.name, p)
 			r = replyHandlerFailed
 		}
 	}()

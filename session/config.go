@@ -17,11 +17,29 @@ const (
 	DefaultMaxErrors      = 10
 	DefaultCommandTimeout = 5 * time.Minute
 	DefaultDataTimeout    = 10 * time.Minute
+	// DefaultMinDataRate is Postfix's smtpd_min_data_rate, in bytes per
+	// second: a client that sends faster than 4 kbit/s on average never
+	// runs out of time, whatever the size (a 25 MiB message then takes up
+	// to 14.5 hours), while one that drips a byte every second or so is
+	// cut once DataTimeout is used up.
+	DefaultMinDataRate    = 500
 	DefaultChunkSize      = 64 << 10
 	DefaultMaxLineLength  = 8192
 	DefaultMaxHeaderSize  = 1 << 20
 	DefaultHandlerTimeout = 2 * time.Minute
 	DefaultGracePeriod    = 30 * time.Second
+	// DefaultMaxConnections bounds the sessions on one port. Postfix runs
+	// at most 100 smtpd processes (default_process_limit); a session here
+	// is a goroutine of about 12 KiB idle and 200 KiB in DATA, so ten times
+	// that costs at most some 200 MiB and a thousand file descriptors.
+	DefaultMaxConnections = 1000
+	// DefaultMaxConnectionsPerIP bounds the sessions from one client IP.
+	// Postfix allows 50 (smtpd_client_connection_count_limit, half its
+	// process limit); a well-behaved sender opens far fewer to one host
+	// (Postfix's own client: default_destination_concurrency_limit 20),
+	// so 20 never slows real mail while one client cannot take more than
+	// a fiftieth of the server.
+	DefaultMaxConnectionsPerIP = 20
 )
 
 // BareLineEndings says what the engine does with a bare CR, a bare LF or a
@@ -57,13 +75,21 @@ type Config struct {
 	MaxMessageSize int64
 	// MaxRecipients is the most RCPTs accepted per message (then 452 4.5.3).
 	MaxRecipients int
-	// MaxErrors is how many failed commands a session may give before it
-	// is closed with 421 4.7.0.
+	// MaxErrors is how many protocol errors (see protocolError) a session
+	// may make since its last accepted message before it is closed with
+	// 421 4.7.0. Policy refusals (an unknown recipient) do not count.
 	MaxErrors int
 	// CommandTimeout bounds the whole time to receive one command line.
 	CommandTimeout time.Duration
-	// DataTimeout bounds the wait for each read of message data.
+	// DataTimeout bounds the wait for each read of message data, and is
+	// the data phase's starting budget (see MinDataRate).
 	DataTimeout time.Duration
+	// MinDataRate, in bytes per second, bounds the whole data phase (DATA,
+	// or all the BDATs of a message): each read spends the time it waited
+	// from a budget of DataTimeout and earns back the time its bytes are
+	// worth at this rate, never above DataTimeout. A client slower than
+	// this on average runs out and gets 421 4.4.2. Default 500.
+	MinDataRate int64
 	// ChunkSize is the largest body chunk given to BodyHook.
 	ChunkSize int
 	// MaxLineLength is the longest message line accepted, CRLF excluded.
@@ -86,11 +112,15 @@ type Config struct {
 	// (Postfix's extension, spoken by proxies such as nginx's mail proxy)
 	// to pass on the original client's address, HELO name and login.
 	XClientNetworks []netip.Prefix
-	// MaxConnections bounds the sessions of this Server at once; more get
-	// 421 4.7.0 at connect. 0: no limit.
+	// MaxConnections bounds the sessions on one local port at once, those
+	// of every Server of the process on that port counted (so sessions
+	// still draining after a reload count); more get 421 4.7.0 at connect.
+	// 0: DefaultMaxConnections; -1: no limit.
 	MaxConnections int
-	// MaxConnectionsPerIP bounds the sessions from one client IP at once;
-	// more get 421 4.7.0. 0: no limit.
+	// MaxConnectionsPerIP bounds the sessions from one client IP at once,
+	// counted as MaxConnections is; more get 421 4.7.0. Clients in
+	// XClientNetworks are not limited per IP. 0: DefaultMaxConnectionsPerIP;
+	// -1: no limit.
 	MaxConnectionsPerIP int
 	// RejectEarlyTalkers waits GreetDelay before the greeting and answers
 	// 554 5.5.0 and closes when the client has sent anything by then.
@@ -130,6 +160,15 @@ func (c Config) withDefaults() (Config, error) {
 	if c.DataTimeout == 0 {
 		c.DataTimeout = DefaultDataTimeout
 	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = DefaultMaxConnections
+	}
+	if c.MaxConnectionsPerIP == 0 {
+		c.MaxConnectionsPerIP = DefaultMaxConnectionsPerIP
+	}
+	if c.MinDataRate == 0 {
+		c.MinDataRate = DefaultMinDataRate
+	}
 	if c.ChunkSize == 0 {
 		c.ChunkSize = DefaultChunkSize
 	}
@@ -168,12 +207,13 @@ func (c Config) withDefaults() (Config, error) {
 	check(c.MaxErrors > 0, "max_errors", "must be positive, got %d", c.MaxErrors)
 	check(c.CommandTimeout > 0, "command_timeout", "must be positive, got %s", c.CommandTimeout)
 	check(c.DataTimeout > 0, "data_timeout", "must be positive, got %s", c.DataTimeout)
+	check(c.MinDataRate > 0, "min_data_rate", "must be positive, got %d", c.MinDataRate)
 	check(c.ChunkSize >= 512 && c.ChunkSize <= 16<<20, "chunk_size", "must be between 512 B and 16 MiB, got %d", c.ChunkSize)
 	check(c.MaxLineLength >= 998, "max_line_length", "must be at least 998 (RFC 5322), got %d", c.MaxLineLength)
 	check(c.MaxHeaderSize >= 998, "max_header_size", "must be at least 998, got %d", c.MaxHeaderSize)
 	check(c.HandlerTimeout > 0, "handler_timeout", "must be positive, got %s", c.HandlerTimeout)
-	check(c.MaxConnections >= 0, "max_connections", "must not be negative, got %d", c.MaxConnections)
-	check(c.MaxConnectionsPerIP >= 0, "max_connections_per_ip", "must not be negative, got %d", c.MaxConnectionsPerIP)
+	check(c.MaxConnections >= -1, "max_connections", "must be positive, or -1 for no limit, got %d", c.MaxConnections)
+	check(c.MaxConnectionsPerIP >= -1, "max_connections_per_ip", "must be positive, or -1 for no limit, got %d", c.MaxConnectionsPerIP)
 	check(c.GreetDelay >= 0 && c.GreetDelay <= time.Minute, "reject_early_talkers", "delay must be between 0 and 1m, got %s", c.GreetDelay)
 	check(c.GracePeriod > 0, "grace_period", "must be positive, got %s", c.GracePeriod)
 	check(c.BareLineEndings == BareReject || c.BareLineEndings == BareNormalize,

@@ -29,15 +29,23 @@ const (
 // advertises reports whether a sub-handler lists keyword among its EHLO
 // keywords for this session.
 func (s *Session) advertises(keyword string) bool {
-	for _, h := range s.srv.hooks.ext {
-		for _, e := range h.h.Extensions(s) {
-			k, _, _ := strings.Cut(e, " ")
-			if strings.EqualFold(k, keyword) {
-				return true
-			}
+	for _, e := range s.extensions() {
+		k, _, _ := strings.Cut(e, " ")
+		if strings.EqualFold(k, keyword) {
+			return true
 		}
 	}
 	return false
+}
+
+// extensions returns the EHLO keywords the sub-handlers add for this
+// session; a sub-handler that panics adds none.
+func (s *Session) extensions() []string {
+	var out []string
+	for _, h := range s.srv.hooks.ext {
+		s.safely("extensions", h.name, func() { out = append(out, h.h.Extensions(s)...) })
+	}
+	return out
 }
 
 // dsnParam checks a MAIL (mail true) or RCPT parameter that the engine does

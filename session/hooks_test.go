@@ -264,7 +264,7 @@ func TestHookFailuresFailClosed(t *testing.T) {
 				ts.send("RCPT TO:<b@example.com>")
 				if event == "rcpt" {
 					ts.expect(451, "4.3.0")
-					ts.cmd("DATA", 503, "5.5.1")
+					ts.cmd("DATA", 554, "5.5.1") // RFC 5321 3.3: no valid recipients
 					return
 				}
 				ts.expect(250, "2.1.5")
@@ -586,7 +586,7 @@ func TestHookRepliesAndState(t *testing.T) {
 	ts.cmd("MAIL FROM:<a@example.com>", 250, "2.1.0")
 	ts.cmd("RCPT TO:<nobody@example.com>", 550, "5.1.1")
 	ts.cmd("RCPT TO:<later@example.com>", 450, "4.2.1")
-	ts.cmd("DATA", 503, "5.5.1") // no recipient was added
+	ts.cmd("DATA", 554, "5.5.1") // no recipient was added: "no valid recipients" (RFC 5321 3.3)
 	ts.cmd("RCPT TO:<custom@example.com>", 251, "2.1.5")
 	ts.send("DATA")
 	if r := ts.expect(354, ""); r.texts[0] != "go ahead, custom" {

@@ -17,6 +17,7 @@ var (
 	replyBadChars           = NewReply(501, "5.5.2", "Syntax error: CR, LF or NUL in command")
 	replyTooManyErrors      = &Reply{Code: 421, Enhanced: "4.7.0", Lines: []string{"Too many errors; closing connection"}, Close: true}
 	replyTimeout            = &Reply{Code: 421, Enhanced: "4.4.2", Lines: []string{"Timeout; closing connection"}, Close: true}
+	replyDataTooSlow        = &Reply{Code: 421, Enhanced: "4.4.2", Lines: []string{"Message data arrives too slowly; closing connection"}, Close: true}
 	replyTooManyConnections = &Reply{Code: 421, Enhanced: "4.7.0", Lines: []string{"Too many connections; try again later"}, Close: true}
 	replyTooManyFromIP      = &Reply{Code: 421, Enhanced: "4.7.0", Lines: []string{"Too many connections from your address; try again later"}, Close: true}
 	replyEarlyTalker        = &Reply{Code: 554, Enhanced: "5.5.0", Lines: []string{"Protocol error: client talked before the greeting; closing connection"}, Close: true}
@@ -28,6 +29,7 @@ var (
 	replyNestedMail     = NewReply(503, "5.5.1", "Nested MAIL command")
 	replyNeedMail       = NewReply(503, "5.5.1", "Need MAIL command")
 	replyNeedRcpt       = NewReply(503, "5.5.1", "Need RCPT command")
+	replyNoValidRcpts   = NewReply(554, "5.5.1", "No valid recipients")
 	replyDataAfterBdat  = NewReply(503, "5.5.1", "DATA not allowed after BDAT")
 	replyHeloSyntax     = NewReply(501, "5.5.4", "Syntax: HELO <domain>")
 	replyEhloSyntax     = NewReply(501, "5.5.4", "Syntax: EHLO <domain>")
@@ -41,6 +43,7 @@ var (
 	replyNeedUTF8       = NewReply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
 	replyParamsNeedEhlo = NewReply(555, "5.5.4", "Parameters require EHLO")
 	replyBadParam       = NewReply(555, "5.5.4", "Unsupported parameter")
+	replyParamSyntax    = NewReply(501, "5.5.4", "Syntax error in parameters")
 	replyBadBody        = NewReply(555, "5.5.4", "Unsupported BODY type")
 	replyBadSize        = NewReply(501, "5.5.4", "Syntax error in SIZE parameter")
 	replyTooBig         = NewReply(552, "5.3.4", "Message size exceeds fixed maximum message size")

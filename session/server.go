@@ -3,11 +3,14 @@ package session
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // Server runs SMTP sessions with one configuration. It is safe for
@@ -21,9 +24,10 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[*Session]struct{}
-	perIP    map[netip.Addr]int // sessions per client IP
-	chunks   sync.Pool          // body chunk buffers of cap ChunkSize
-	done     chan struct{}      // made by Shutdown, closed when the last session has ended
+	own      connCounts    // sessions on connections without a TCP port (tests, pipes)
+	chunks   sync.Pool     // body chunk buffers of cap ChunkSize
+	done     chan struct{} // made by Shutdown, closed when the last session has ended
+	cutTimer *time.Timer   // ends what is left at the end of the grace period
 	draining atomic.Bool
 	graceEnd atomic.Int64 // unix nanoseconds: sessions are cut after this once draining
 }
@@ -54,7 +58,6 @@ func NewServer(cfg Config) (*Server, error) {
 		heloReply:    &Reply{Code: 250, Lines: []string{c.Hostname}, plain: true},
 		quitReply:    &Reply{Code: 221, Enhanced: "2.0.0", Lines: []string{c.Hostname + " closing connection"}},
 		sessions:     map[*Session]struct{}{},
-		perIP:        map[netip.Addr]int{},
 	}, nil
 }
 
@@ -65,8 +68,20 @@ func (srv *Server) Config() Config { return srv.cfg }
 // ordinary end (QUIT, client gone, timeout) or the I/O error that ended it.
 // Serve does not close conn. ctx is the parent of the session context that
 // every hook gets.
-func (srv *Server) Serve(ctx context.Context, conn net.Conn, info ConnInfo) error {
+//
+// A panic in the engine (a bug) ends only this session: it is logged with
+// its stack and returned as an error, and Caddy goes on serving.
+func (srv *Server) Serve(ctx context.Context, conn net.Conn, info ConnInfo) (err error) {
 	s := newSession(srv, conn, info)
+	s.ctx, s.cancel = context.WithCancel(ctx)
+	defer s.cancel()
+	defer func() {
+		if p := recover(); p != nil {
+			srv.cfg.Logger.Error("session panicked; closing its connection", zap.String("session", s.id),
+				zap.String("remote", addrString(s.remote)), zap.Any("panic", p), zap.Stack("stack"))
+			err = fmt.Errorf("session %s panicked: %v", s.id, p)
+		}
+	}()
 	defer s.release()
 	if r := srv.track(s); r != nil {
 		s.reply(r)
@@ -79,26 +94,28 @@ func (srv *Server) Serve(ctx context.Context, conn net.Conn, info ConnInfo) erro
 	if s.tls != nil {
 		srv.cfg.Observer.TLS(true)
 	}
-	return s.run(ctx)
+	return s.run()
 }
 
 // track registers a new session, or returns the 421 it gets instead:
-// shutting down, or over MaxConnections or MaxConnectionsPerIP.
+// shutting down, or over MaxConnections or MaxConnectionsPerIP. The limits
+// count every session on the same local port, whichever Server runs it, so
+// sessions that still drain on a replaced configuration count against the
+// new one's limits. Clients in XClientNetworks (proxies speaking for many
+// clients) are not limited per IP.
 func (srv *Server) track(s *Session) *Reply {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
-	switch {
-	case srv.draining.Load():
+	if srv.draining.Load() {
 		return replyShuttingDown
-	case srv.cfg.MaxConnections > 0 && len(srv.sessions) >= srv.cfg.MaxConnections:
-		return replyTooManyConnections
 	}
 	s.ip = remoteIP(s.remote)
-	if srv.cfg.MaxConnectionsPerIP > 0 && srv.perIP[s.ip] >= srv.cfg.MaxConnectionsPerIP {
-		return replyTooManyFromIP
+	s.counts = srv.countsFor(s.local)
+	s.perIP = s.ip.IsValid() && !inPrefixes(s.ip, srv.cfg.XClientNetworks)
+	if r := s.counts.add(s.ip, s.perIP, srv.cfg.MaxConnections, srv.cfg.MaxConnectionsPerIP); r != nil {
+		return r
 	}
 	srv.sessions[s] = struct{}{}
-	srv.perIP[s.ip]++
 	return nil
 }
 
@@ -115,14 +132,84 @@ func remoteIP(a net.Addr) netip.Addr {
 }
 
 func (srv *Server) untrack(s *Session) {
+	s.counts.remove(s.ip, s.perIP)
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	delete(srv.sessions, s)
-	if srv.perIP[s.ip]--; srv.perIP[s.ip] <= 0 {
-		delete(srv.perIP, s.ip)
-	}
 	if len(srv.sessions) == 0 && srv.done != nil {
 		close(srv.done) // no session is added once draining, so this runs once
+		if srv.cutTimer != nil {
+			srv.cutTimer.Stop()
+		}
+	}
+}
+
+// countsFor returns the session counts of the local port of a connection:
+// shared by every Server of the process for a TCP port, the Server's own
+// otherwise.
+func (srv *Server) countsFor(local net.Addr) *connCounts {
+	port := 0
+	if t, ok := local.(*net.TCPAddr); ok {
+		port = t.Port
+	} else if ap, err := netip.ParseAddrPort(addrString(local)); err == nil {
+		port = int(ap.Port())
+	}
+	if port == 0 {
+		return &srv.own
+	}
+	portCountsMu.Lock()
+	defer portCountsMu.Unlock()
+	c := portCounts[port]
+	if c == nil {
+		c = &connCounts{}
+		portCounts[port] = c
+	}
+	return c
+}
+
+// connCounts counts the sessions on one local port.
+type connCounts struct {
+	mu    sync.Mutex
+	total int
+	perIP map[netip.Addr]int // sessions per client IP, proxies in XClientNetworks left out
+}
+
+var (
+	portCountsMu sync.Mutex
+	portCounts   = map[int]*connCounts{}
+)
+
+// add counts one more session from ip (per IP too when limitIP), or
+// returns the 421 it gets when that would pass max or maxPerIP; a limit
+// <= 0 is none.
+func (c *connCounts) add(ip netip.Addr, limitIP bool, max, maxPerIP int) *Reply {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if max > 0 && c.total >= max {
+		return replyTooManyConnections
+	}
+	if limitIP {
+		if maxPerIP > 0 && c.perIP[ip] >= maxPerIP {
+			return replyTooManyFromIP
+		}
+		if c.perIP == nil {
+			c.perIP = map[netip.Addr]int{}
+		}
+		c.perIP[ip]++
+	}
+	c.total++
+	return nil
+}
+
+// remove counts one session less.
+func (c *connCounts) remove(ip netip.Addr, limitIP bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.total--
+	if limitIP {
+		if c.perIP[ip]--; c.perIP[ip] <= 0 {
+			delete(c.perIP, ip)
+		}
 	}
 }
 
@@ -142,9 +229,30 @@ func (srv *Server) Shutdown() <-chan struct{} {
 		}
 		if len(srv.sessions) == 0 {
 			close(srv.done)
+		} else {
+			srv.cutTimer = time.AfterFunc(srv.cfg.GracePeriod+lastWordTime, srv.cutSessions)
 		}
 	}
 	return srv.done
+}
+
+// lastWordTime is what a session has after the grace period to send its
+// 421 4.3.2, before it is cut.
+const lastWordTime = time.Second
+
+// cutSessions ends the sessions still running when the grace period (and
+// lastWordTime) is over, wherever they are blocked: their context is cancelled (so a
+// sub-handler call that heeds it returns) and their connection's deadlines
+// are set in the past (so a read or a write to a client that does not
+// read fails at once). A sub-handler call that ignores its context is the
+// one thing that can hold a session longer; its connection is ended as
+// soon as the call returns.
+func (srv *Server) cutSessions() {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	for s := range srv.sessions {
+		s.cut()
+	}
 }
 
 func (srv *Server) getChunk() []byte {
@@ -164,4 +272,14 @@ func (srv *Server) Sessions() int {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	return len(srv.sessions)
+}
+
+// inPrefixes reports whether ip is in one of the prefixes.
+func inPrefixes(ip netip.Addr, prefixes []netip.Prefix) bool {
+	for _, p := range prefixes {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }

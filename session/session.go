@@ -28,10 +28,13 @@ type Session struct {
 
 	id       string
 	remote   net.Addr
-	ip       netip.Addr // the client IP counted for MaxConnectionsPerIP
+	ip       netip.Addr  // the client IP counted for MaxConnectionsPerIP
+	counts   *connCounts // where the session is counted for the connection limits
+	perIP    bool        // counted per IP too
 	local    net.Addr
 	tls      *tls.ConnectionState
 	ctx      context.Context
+	cancel   context.CancelFunc
 	start    time.Time
 	log      *zap.Logger
 	debug    bool
@@ -39,7 +42,8 @@ type Session struct {
 	extended bool
 	txn      *Transaction
 	values   map[any]any
-	errors   int
+	errors   int // protocol errors in the whole session, for the log
+	strikes  int // protocol errors since the last accepted message, for MaxErrors
 	messages int
 
 	lineBuf      []byte // a command line longer than the reader's buffer
@@ -61,6 +65,9 @@ type Session struct {
 	closing   bool // the session ends after the reply being sent
 	draining  atomic.Bool
 	deadline  time.Time // the current read deadline before any drain
+
+	dataBudget time.Duration // what is left of the data phase's time (see spendData)
+	dataCut    bool          // the current read deadline is the data budget's
 }
 
 // Transaction is one mail transaction, from MAIL to end of message or RSET.
@@ -91,6 +98,7 @@ type Transaction struct {
 	firstRecipients [2]Recipient
 	values          map[any]any
 	chunking        bool // a BDAT started the data
+	refused         int  // RCPTs refused by a sub-handler
 }
 
 // Recipient is an accepted RCPT TO.
@@ -274,7 +282,13 @@ func (s *Session) flush() error {
 type deadlineWriter struct{ s *Session }
 
 func (w deadlineWriter) Write(p []byte) (int, error) {
-	w.s.raw.SetWriteDeadline(time.Now().Add(w.s.cfg.CommandTimeout))
+	d := time.Now().Add(w.s.cfg.CommandTimeout)
+	if w.s.draining.Load() {
+		if g := time.Unix(0, w.s.srv.graceEnd.Load()).Add(lastWordTime); g.Before(d) {
+			d = g // once draining, no write outlives the grace period
+		}
+	}
+	w.s.raw.SetWriteDeadline(d)
 	return w.s.conn.Write(p)
 }
 
@@ -284,11 +298,15 @@ func (s *Session) interrupt() {
 	s.raw.SetReadDeadline(time.Now())
 }
 
+// cut ends a session that outlived the grace period (see
+// Server.cutSessions). It may run while the session runs.
+func (s *Session) cut() {
+	s.cancel()
+	s.raw.SetDeadline(time.Now())
+}
+
 // run carries the conversation until it ends.
-func (s *Session) run(parent context.Context) (err error) {
-	ctx, cancel := context.WithCancel(parent)
-	defer cancel()
-	s.ctx = ctx
+func (s *Session) run() (err error) {
 	defer func() {
 		if s.streamCancel != nil {
 			s.streamCancel()
@@ -356,6 +374,9 @@ func (s *Session) run(parent context.Context) (err error) {
 			}
 		case lineBadEnding:
 			r = replyBadLineEnding
+			if isBdat(line) {
+				r = replyBdatSyntax
+			}
 		default:
 			r = s.command(line)
 		}
@@ -365,9 +386,9 @@ func (s *Session) run(parent context.Context) (err error) {
 			}
 			continue
 		}
-		if r.Code >= 500 {
+		if protocolError(r) {
 			s.errors++
-			if s.errors > s.cfg.MaxErrors {
+			if s.strikes++; s.strikes > s.cfg.MaxErrors {
 				s.reply(replyTooManyErrors)
 				return s.flush()
 			}
@@ -377,6 +398,22 @@ func (s *Session) run(parent context.Context) (err error) {
 			return s.flush()
 		}
 	}
+}
+
+// protocolError reports whether a reply answers a client's protocol error,
+// which counts toward MaxErrors as Postfix's smtpd_hard_error_limit counts
+// them: a syntax error (500, 501, 555), an unknown or unimplemented command
+// (500, 502, 504), a command out of sequence (503), a command before the
+// STARTTLS it needs (530), failed authentication (535). A refusal on policy
+// grounds (550-554 at MAIL or RCPT: unknown user, a blocklist, a refused
+// message) or any 4xx does not: it is a verdict on the mail, not a client
+// that misspeaks, and a real MTA reusing its connection gets many of them.
+func protocolError(r *Reply) bool {
+	switch r.Code {
+	case 500, 501, 502, 503, 504, 530, 535, 555:
+		return true
+	}
+	return false
 }
 
 // talkedEarly waits GreetDelay for the client to send something before
@@ -408,9 +445,12 @@ func (s *Session) readFailed(err error) error {
 	var ne net.Error
 	switch {
 	case errors.As(err, &ne) && ne.Timeout():
-		if s.draining.Load() {
+		switch {
+		case s.draining.Load():
 			s.reply(replyShuttingDown)
-		} else {
+		case s.dataCut:
+			s.reply(replyDataTooSlow)
+		default:
 			s.reply(replyTimeout)
 		}
 		s.flush()
@@ -427,7 +467,7 @@ type lineStatus uint8
 const (
 	lineOK        lineStatus = iota
 	lineTooLong              // over the limit; discarded up to its end
-	lineBadEnding            // ended in a bare LF
+	lineBadEnding            // ended in a bare LF; the line is returned as read
 	lineEndless              // over maxEndlessLine with no end: the session is closed
 )
 
@@ -445,18 +485,33 @@ const (
 // replies first when the client has nothing more buffered (so a pipelined
 // batch is answered in one write). The line is returned without its CRLF
 // and is valid until the next read.
+//
+// Between the BDAT chunks of a message the data phase's budget bounds the
+// command lines too (see spendData), so a drip-fed BDAT is cut as a
+// drip-fed DATA is.
 func (s *Session) readCommand() ([]byte, lineStatus, error) {
-	s.setDeadline(s.cfg.CommandTimeout)
+	chunking := s.txn != nil && s.txn.chunking
+	wait := s.cfg.CommandTimeout
+	if chunking {
+		wait = s.dataWait(wait)
+	} else {
+		s.dataCut = false
+	}
+	s.setDeadline(wait)
 	if s.r.Buffered() == 0 {
 		s.useCommandReader()
 		if err := s.flush(); err != nil {
 			return nil, 0, err
 		}
 	}
+	start := time.Now()
 	for {
 		line, status, err := s.readLine()
 		if err != nil && s.drainRetry(err, s.txn != nil || len(s.lineBuf) > 0) {
 			continue
+		}
+		if chunking {
+			s.spendData(time.Since(start), len(line)+2)
 		}
 		return line, status, err
 	}
@@ -546,7 +601,7 @@ func (s *Session) lineDone(line []byte) ([]byte, lineStatus, error) {
 		}
 	}
 	if len(line) < 2 || line[len(line)-2] != '\r' {
-		return nil, lineBadEnding, nil
+		return line, lineBadEnding, nil // returned so that a BDAT can be told apart
 	}
 	return line[:len(line)-2], lineOK, nil
 }
@@ -575,20 +630,31 @@ func (s *Session) abort(reason error) {
 }
 
 func (s *Session) callAbort(h hooked[AbortHook], reason error) {
-	defer s.recoverHook("abort", h.name)
-	h.h.Abort(s, reason)
+	s.safely("abort", h.name, func() { h.h.Abort(s, reason) })
 }
 
 func (s *Session) callClose(h hooked[CloseHook]) {
-	defer s.recoverHook("close", h.name)
-	h.h.Close(s)
+	s.safely("close", h.name, func() { h.h.Close(s) })
 }
 
-func (s *Session) recoverHook(event, name string) {
-	if p := recover(); p != nil {
-		s.log.Error("sub-handler panicked", zap.String("session", s.id), zap.String("event", event),
-			zap.String("handler", name), zap.Any("panic", p))
-	}
+// safely calls f, a call into the sub-handler name at event, and reports
+// whether it returned: a panic is logged with its stack and ends only that
+// call, so no sub-handler can take the session, let alone Caddy, down.
+func (s *Session) safely(event, name string, f func()) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.logPanic(event, name, p)
+			ok = false
+		}
+	}()
+	f()
+	return true
+}
+
+// logPanic logs a sub-handler's panic at ERROR with the stack.
+func (s *Session) logPanic(event, name string, p any) {
+	s.log.Error("sub-handler panicked", zap.String("session", s.id), zap.String("event", event),
+		zap.String("handler", name), zap.Any("panic", p), zap.StackSkip("stack", 2))
 }
 
 // clientGone reports whether err is an ordinary end of the connection by

@@ -229,7 +229,7 @@ func TestAddressSyntax(t *testing.T) {
 		{"MAIL FROM:<a@example.com> SIZE", 501, "5.5.4"},
 		{"MAIL FROM:<a@example.com> FOO=BAR", 555, "5.5.4"},
 		{"MAIL FROM:<a@example.com> BODY=BINARYMIME", 555, "5.5.4"},
-		{"MAIL FROM:<a@example.com> =x", 501, "5.1.7"},
+		{"MAIL FROM:<a@example.com> =x", 501, "5.5.4"},
 		{"MAIL FROM:<ü@example.com>", 553, "5.6.7"},
 		{"MAIL TO:<a@example.com>", 501, "5.5.4"},
 		{"MAIL FROM:<a@example.com> SIZE=1000 BODY=8BITMIME", 250, "2.1.0"},

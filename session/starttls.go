@@ -82,13 +82,7 @@ func (s *Session) xclientAllowed() bool {
 	if err != nil {
 		return false
 	}
-	ip := ap.Addr().Unmap()
-	for _, p := range s.cfg.XClientNetworks {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
+	return inPrefixes(ap.Addr().Unmap(), s.cfg.XClientNetworks)
 }
 
 // cmdXClient handles Postfix's XCLIENT: a trusted proxy passes on the

@@ -172,7 +172,7 @@ func TestUpstreamRefusals(t *testing.T) {
 				t.Fatalf("second RCPT: got %q, want %q", got, tc.rcpt)
 			}
 			if tc.eom == "" {
-				c.Cmd("DATA", "503 ")
+				c.Cmd("DATA", "554 5.5.1 ") // no valid recipients
 				return
 			}
 			c.Cmd("DATA", "354 ")
@@ -225,7 +225,7 @@ func TestNoOpenRelay(t *testing.T) {
 				c.Cmd("RCPT TO:<"+rc+">", "554 5.7.1 Relay access denied")
 			}
 			if len(tc.allowed) == 0 {
-				c.Cmd("DATA", "503 ")
+				c.Cmd("DATA", "554 5.5.1 ") // no valid recipients
 				if up.connections() != before {
 					t.Fatal("the relay connected upstream without a recipient to relay")
 				}
@@ -351,7 +351,7 @@ func TestUpstreamDown(t *testing.T) {
 	c.Cmd("MAIL FROM:<a@client.example>", "250 2.1.0")
 	c.Cmd("RCPT TO:<b@example.test>", "451 4.4.1 ")
 	c.Cmd("RCPT TO:<c@example.test>", "451 4.4.1 ")
-	c.Cmd("DATA", "503 ")
+	c.Cmd("DATA", "554 5.5.1 ") // no valid recipients (RFC 5321 3.3)
 }
 
 func TestSMTPUTF8NeedsUpstreamSupport(t *testing.T) {
