@@ -134,12 +134,15 @@ func TestWebhookCaddyfile(t *testing.T) {
 	}
 }
 
-// TestWebhookJSON: the json format from Caddy's JSON config, and a 4xx
-// from the receiver answered 554.
+// TestWebhookJSON: the json format from Caddy's JSON config; a status
+// listed in permanent_statuses answered 554, any other 4xx 451.
 func TestWebhookJSON(t *testing.T) {
 	rc := newWebhookReceiver(t, func(_ int, w http.ResponseWriter, r *http.Request) {
-		if strings.Contains(r.Header.Get("X-Esmtp-Rcpt"), "unknown@") {
+		switch rcpt := r.Header.Get("X-Esmtp-Rcpt"); {
+		case strings.Contains(rcpt, "unknown@"):
 			w.WriteHeader(http.StatusNotFound)
+		case strings.Contains(rcpt, "rotated@"):
+			w.WriteHeader(http.StatusUnauthorized)
 		}
 	})
 	port := freePort(t)
@@ -150,7 +153,7 @@ func TestWebhookJSON(t *testing.T) {
 			"routes": [{"handle": [{
 				"handler": "esmtp",
 				"hostname": "mx.example.test",
-				"handlers": [{"handler": "webhook", "url": %q, "format": "json", "retries": 0}]
+				"handlers": [{"handler": "webhook", "url": %q, "format": "json", "retries": 0, "permanent_statuses": [404]}]
 			}]}]
 		}}}}
 	}`, port, rc.URL)))
@@ -164,8 +167,11 @@ func TestWebhookJSON(t *testing.T) {
 	if r := sendMessage(t, addr, "unknown@example.test"); !strings.HasPrefix(r, "554 5.6.0 Rejected by webhook: 404") {
 		t.Errorf("a 404: %q", r)
 	}
+	if r := sendMessage(t, addr, "rotated@example.test"); !strings.HasPrefix(r, "451 4.3.0 Delivery failed: webhook answered 401") {
+		t.Errorf("a 401: %q", r)
+	}
 	bodies, heads := rc.got()
-	if len(bodies) != 2 || heads[0].Get("Content-Type") != "application/json" {
+	if len(bodies) != 3 || heads[0].Get("Content-Type") != "application/json" {
 		t.Fatalf("%d requests: %v", len(bodies), heads)
 	}
 	var m struct {
