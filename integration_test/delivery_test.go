@@ -201,7 +201,8 @@ func TestWebhookJSON(t *testing.T) {
 }
 
 // TestExecCaddyfile: in real Caddy, exec pipes the message to a script
-// with the envelope in its arguments; exit 0 accepts, 75 defers, 1 rejects.
+// with the envelope in its arguments; exit 0 accepts, 75 defers, 67
+// (EX_NOUSER) rejects, 1 (a crash) defers.
 func TestExecCaddyfile(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		t.Skip("needs /bin/sh")
@@ -218,7 +219,8 @@ cat > "$out/$id"
 printf '%s\n' "$@" > "$out/$id.args"
 case "$*" in
 *tempfail@*) exit 75 ;;
-*reject@*) echo "no such mailbox" >&2; exit 1 ;;
+*reject@*) echo "no such mailbox" >&2; exit 67 ;;
+*crash@*) echo "Traceback" >&2; exit 1 ;;
 esac
 `), 0o755); err != nil {
 		t.Fatal(err)
@@ -261,7 +263,10 @@ esac
 	if r := sendMessage(t, addr, "tempfail@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
 		t.Errorf("exit 75: %q", r)
 	}
-	if r := sendMessage(t, addr, "reject@example.test"); !strings.HasPrefix(r, "554 5.3.0 Rejected by deliver") {
+	if r := sendMessage(t, addr, "reject@example.test"); !strings.HasPrefix(r, "550 5.1.1 Rejected by deliver") {
+		t.Errorf("exit 67: %q", r)
+	}
+	if r := sendMessage(t, addr, "crash@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
 		t.Errorf("exit 1: %q", r)
 	}
 }
