@@ -134,12 +134,15 @@ func TestWebhookCaddyfile(t *testing.T) {
 	}
 }
 
-// TestWebhookJSON: the json format from Caddy's JSON config, and a 4xx
-// from the receiver answered 554.
+// TestWebhookJSON: the json format from Caddy's JSON config; a status
+// listed in permanent_statuses answered 554, any other 4xx 451.
 func TestWebhookJSON(t *testing.T) {
 	rc := newWebhookReceiver(t, func(_ int, w http.ResponseWriter, r *http.Request) {
-		if strings.Contains(r.Header.Get("X-Esmtp-Rcpt"), "unknown@") {
+		switch rcpt := r.Header.Get("X-Esmtp-Rcpt"); {
+		case strings.Contains(rcpt, "unknown@"):
 			w.WriteHeader(http.StatusNotFound)
+		case strings.Contains(rcpt, "rotated@"):
+			w.WriteHeader(http.StatusUnauthorized)
 		}
 	})
 	port := freePort(t)
@@ -150,7 +153,7 @@ func TestWebhookJSON(t *testing.T) {
 			"routes": [{"handle": [{
 				"handler": "esmtp",
 				"hostname": "mx.example.test",
-				"handlers": [{"handler": "webhook", "url": %q, "format": "json", "retries": 0}]
+				"handlers": [{"handler": "webhook", "url": %q, "format": "json", "retries": 0, "permanent_statuses": [404]}]
 			}]}]
 		}}}}
 	}`, port, rc.URL)))
@@ -164,8 +167,11 @@ func TestWebhookJSON(t *testing.T) {
 	if r := sendMessage(t, addr, "unknown@example.test"); !strings.HasPrefix(r, "554 5.6.0 Rejected by webhook: 404") {
 		t.Errorf("a 404: %q", r)
 	}
+	if r := sendMessage(t, addr, "rotated@example.test"); !strings.HasPrefix(r, "451 4.3.0 Delivery failed: webhook answered 401") {
+		t.Errorf("a 401: %q", r)
+	}
 	bodies, heads := rc.got()
-	if len(bodies) != 2 || heads[0].Get("Content-Type") != "application/json" {
+	if len(bodies) != 3 || heads[0].Get("Content-Type") != "application/json" {
 		t.Fatalf("%d requests: %v", len(bodies), heads)
 	}
 	var m struct {
@@ -195,7 +201,8 @@ func TestWebhookJSON(t *testing.T) {
 }
 
 // TestExecCaddyfile: in real Caddy, exec pipes the message to a script
-// with the envelope in its arguments; exit 0 accepts, 75 defers, 1 rejects.
+// with the envelope in its arguments; exit 0 accepts, 75 defers, 67
+// (EX_NOUSER) rejects, 1 (a crash) defers.
 func TestExecCaddyfile(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		t.Skip("needs /bin/sh")
@@ -212,7 +219,8 @@ cat > "$out/$id"
 printf '%s\n' "$@" > "$out/$id.args"
 case "$*" in
 *tempfail@*) exit 75 ;;
-*reject@*) echo "no such mailbox" >&2; exit 1 ;;
+*reject@*) echo "no such mailbox" >&2; exit 67 ;;
+*crash@*) echo "Traceback" >&2; exit 1 ;;
 esac
 `), 0o755); err != nil {
 		t.Fatal(err)
@@ -255,7 +263,10 @@ esac
 	if r := sendMessage(t, addr, "tempfail@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
 		t.Errorf("exit 75: %q", r)
 	}
-	if r := sendMessage(t, addr, "reject@example.test"); !strings.HasPrefix(r, "554 5.3.0 Rejected by deliver") {
+	if r := sendMessage(t, addr, "reject@example.test"); !strings.HasPrefix(r, "550 5.1.1 Rejected by deliver") {
+		t.Errorf("exit 67: %q", r)
+	}
+	if r := sendMessage(t, addr, "crash@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
 		t.Errorf("exit 1: %q", r)
 	}
 }

@@ -3,6 +3,7 @@ package integration_test
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -59,6 +60,68 @@ func TestNamedMatchersSplitRecipients(t *testing.T) {
 			t.Fatalf("%s holds %v, want only the Maildir of %s", dir, entries, local)
 		}
 		files := delivered(t, filepath.Join(dir, local))
+		if len(files) != 1 {
+			t.Fatalf("%s: %d files, want 1", dir, len(files))
+		}
+		splitReceived(t, files[0], "mx.example.test", []byte(message))
+	}
+}
+
+// TestMaildirRcptCheckBehindMatch: in real Caddy, a per-recipient maildir
+// behind a named matcher folds the case of its recipients, and refuses at
+// RCPT those of its recipients whose Maildir path would have an element
+// longer than 255 bytes; a recipient of another matcher is not its
+// business, however long.
+func TestMaildirRcptCheckBehindMatch(t *testing.T) {
+	base := t.TempDir()
+	one, two := filepath.Join(base, "one"), filepath.Join(base, "two")
+	addr, _ := startCaddyfile(t, `{
+	admin off
+	persist_config off
+	layer4 {
+		127.0.0.1:%PORT% {
+			route {
+				esmtp {
+					hostname mx.example.test
+					recipients one.test *.one.test *.two.test
+					@one rcpt one.test *.one.test
+					@two rcpt *.two.test
+					maildir @one {
+						path `+one+`/{esmtp.rcpt}.maildir
+					}
+					maildir @two `+two+`
+				}
+			}
+		}
+	}
+}
+`)
+	// 64 + 1 + 184 bytes: with ".maildir", a 257-byte file name.
+	long := strings.Repeat("l", 64) + "@" + strings.Repeat("d", 63) + "." + strings.Repeat("d", 63) + "." + strings.Repeat("d", 47)
+	c := dial(t, addr)
+	c.expect("220 ")
+	c.send("EHLO client.test\r\nMAIL FROM:<a@client.test>\r\n")
+	c.expect("250 ")
+	c.expect("250 2.1.0")
+	c.send("RCPT TO:<" + long + ".one.test>\r\n")
+	c.expect("553 5.1.3 ")
+	c.send("RCPT TO:<" + long + ".two.test>\r\nRCPT TO:<Bob@One.TEST>\r\nDATA\r\n")
+	c.expect("250 2.1.5")
+	c.expect("250 2.1.5")
+	c.expect("354 ")
+	c.send(stuffed(message) + ".\r\nQUIT\r\n")
+	c.expect("250 2.0.0")
+	c.expect("221 ")
+
+	entries, err := os.ReadDir(one)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Name() != "bob@one.test.maildir" {
+		t.Fatalf("%s holds %v, want only bob@one.test.maildir", one, entries)
+	}
+	for _, dir := range []string{filepath.Join(one, "bob@one.test.maildir"), two} {
+		files := delivered(t, dir)
 		if len(files) != 1 {
 			t.Fatalf("%s: %d files, want 1", dir, len(files))
 		}

@@ -29,10 +29,16 @@
 // them where the command takes options.
 //
 // Exit status 0 accepts the message (nil: later sub-handlers are asked
-// too); 75 (EX_TEMPFAIL, sysexits.h) answers 451 4.3.0; any other status
-// answers 554 5.3.0 "Rejected by <command name>". A command killed by a
+// too). Other statuses follow sysexits.h as Postfix's pipe(8) reads them
+// (its sys_exits table): EX_TEMPFAIL (75) and EX_OSERR (71) answer
+// 451 4.3.0, so the client tries again later; the other sysexits codes,
+// 64 to 78, reject the message for good with the table's enhanced status
+// code, such as 550 5.1.1 for EX_NOUSER (67) (README.md has the table).
+// Every other status (1 from a crashing interpreter, a shell's 126 or
+// 127) answers 451 4.3.0: unlike Postfix, an exit status that says
+// nothing about the message never bounces it. A command killed by a
 // signal, killed at the timeout, or that cannot be started answers
-// 451 4.3.0, so the client tries again later. The first 4 KiB of its
+// 451 4.3.0 too. The first 4 KiB of its
 // standard error go into the message's log line ("exec_stderr"); its
 // standard output is discarded. It inherits Caddy's environment and
 // working directory.
@@ -102,8 +108,38 @@ func (*Exec) CaddyModule() caddy.ModuleInfo {
 const (
 	defaultTimeout = 60 * time.Second
 	maxStderr      = 4 << 10
-	exTempFail     = 75 // sysexits.h EX_TEMPFAIL
 )
+
+// sysexit is how one exit status of sysexits.h is answered.
+type sysexit struct {
+	name     string // EX_NOUSER
+	code     int    // SMTP reply code
+	enhanced string // RFC 3463
+	text     string
+}
+
+// sysexits maps the exit statuses of sysexits.h (64 to 78) to replies. The
+// classes (temporary or permanent) and the enhanced status codes are those
+// of Postfix's pipe(8) (src/global/sys_exits.c): only EX_OSERR and
+// EX_TEMPFAIL are temporary. The reply code is 550 where the enhanced code
+// names the mailbox, the address or a permission, 554 for the rest.
+var sysexits = map[int]sysexit{
+	64: {"EX_USAGE", 554, "5.3.0", "command line usage error"},
+	65: {"EX_DATAERR", 554, "5.6.0", "data format error"},
+	66: {"EX_NOINPUT", 554, "5.3.0", "cannot open input"},
+	67: {"EX_NOUSER", 550, "5.1.1", "user unknown"},
+	68: {"EX_NOHOST", 550, "5.1.2", "host unknown"},
+	69: {"EX_UNAVAILABLE", 554, "5.3.0", "service unavailable"},
+	70: {"EX_SOFTWARE", 554, "5.3.0", "internal software error"},
+	71: {"EX_OSERR", 451, "4.3.0", "system error"},
+	72: {"EX_OSFILE", 554, "5.3.0", "system file missing"},
+	73: {"EX_CANTCREAT", 550, "5.2.0", "cannot create output file"},
+	74: {"EX_IOERR", 554, "5.3.0", "input/output error"},
+	75: {"EX_TEMPFAIL", 451, "4.3.0", "temporary failure"},
+	76: {"EX_PROTOCOL", 554, "5.5.0", "remote protocol error"},
+	77: {"EX_NOPERM", 550, "5.7.0", "permission denied"},
+	78: {"EX_CONFIG", 554, "5.3.5", "configuration error"},
+}
 
 // placeholders are the envelope placeholders the arguments may use.
 var known = map[string]bool{
@@ -216,17 +252,35 @@ func (e *Exec) EndOfMessage(ctx context.Context, s *session.Session) (*session.R
 	if res.err != nil {
 		txn.AddLogField(zap.String("exec_error", res.err.Error()))
 	}
-	switch {
-	case res.err == nil && res.exit == 0:
+	if res.err == nil && res.exit == 0 {
 		return nil, nil
-	case res.err == nil && res.exit != exTempFail:
-		e.logger.Warn("message rejected by command", zap.String("queue_id", txn.ID), zap.String("command", e.path),
-			zap.Int("exit", res.exit), zap.ByteString("stderr", res.stderr))
-		return session.NewReply(554, "5.3.0", "Rejected by "+e.name), nil
-	default:
+	}
+	reply := e.reply(res)
+	if reply.Temporary() {
 		e.logger.Error("delivery to command failed", zap.String("queue_id", txn.ID), zap.String("command", e.path),
 			zap.Int("exit", res.exit), zap.ByteString("stderr", res.stderr), zap.Error(res.err))
-		return session.NewReply(451, "4.3.0", "Delivery failed; try again later"), nil
+	} else {
+		e.logger.Warn("message rejected by command", zap.String("queue_id", txn.ID), zap.String("command", e.path),
+			zap.Int("exit", res.exit), zap.ByteString("stderr", res.stderr))
+	}
+	return reply, nil
+}
+
+// reply answers a run that did not exit 0: by the sysexits table for
+// statuses 64 to 78, 451 4.3.0 for any other status and for a command that
+// did not exit (not started, killed by a signal or at the timeout).
+func (e *Exec) reply(res result) *session.Reply {
+	if res.err != nil || res.exit < 0 {
+		return session.NewReply(451, "4.3.0", "Delivery failed; try again later")
+	}
+	x, ok := sysexits[res.exit]
+	switch {
+	case !ok:
+		return session.NewReply(451, "4.3.0", fmt.Sprintf("Delivery failed: %s exited with status %d; try again later", e.name, res.exit))
+	case x.code < 500:
+		return session.NewReply(x.code, x.enhanced, fmt.Sprintf("Delivery failed: %s: %s (%s); try again later", e.name, x.text, x.name))
+	default:
+		return session.NewReply(x.code, x.enhanced, fmt.Sprintf("Rejected by %s: %s (%s)", e.name, x.text, x.name))
 	}
 }
 

@@ -26,6 +26,13 @@
 // Files of live processes are kept: after a reload the sessions of the old
 // configuration may still be delivering into the same Maildir in this
 // process, and another Caddy on the same machine may share it.
+//
+// A path with placeholders is expanded for each recipient at RCPT: one
+// whose Maildir path would have an element longer than a file name may be
+// (255 bytes), or be longer than the system takes, is refused there with
+// 553 5.1.3, rather than accepted and then failed with 451 at every retry.
+// A delivering sub-handler behind a match sees only its recipients, so
+// only those are checked.
 package maildir
 
 import (
@@ -43,6 +50,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -59,11 +67,19 @@ func init() {
 type Maildir struct {
 	// Path is the Maildir directory (tmp/, new/ and cur/ are created
 	// inside it). It may use the placeholders {esmtp.rcpt.local},
-	// {esmtp.rcpt.domain} and {esmtp.rcpt} (lower-cased domain; '/' and
-	// other path separators replaced) for one Maildir per recipient; the
-	// message is then written once and linked into each distinct
-	// directory. A relative path is relative to Caddy's working directory.
+	// {esmtp.rcpt.domain} and {esmtp.rcpt} for one Maildir per recipient
+	// (lower-cased unless KeepCase; path separators and control
+	// characters become '_', and so do the values "", "." and "..");
+	// the message is then written once
+	// and linked into each distinct directory. A recipient whose path
+	// would have an element longer than 255 bytes is refused at RCPT with
+	// 553 5.1.3. A relative path is relative to Caddy's working directory.
 	Path string `json:"path,omitempty"`
+	// KeepCase keeps the recipient's local part as the client wrote it in
+	// what {esmtp.rcpt.local} and {esmtp.rcpt} expand to. By default it is
+	// lower-cased, so Bob@example.com and bob@example.com share one
+	// Maildir. The domain is lower-cased either way.
+	KeepCase bool `json:"keep_case,omitempty"`
 
 	perRecipient bool
 	hostname     string
@@ -89,6 +105,15 @@ func (m *Maildir) Provision(ctx caddy.Context) error {
 	if strings.Contains(strings.ReplaceAll(strings.ReplaceAll(strings.ReplaceAll(m.Path,
 		"{esmtp.rcpt.local}", ""), "{esmtp.rcpt.domain}", ""), "{esmtp.rcpt}", ""), "{") {
 		return fmt.Errorf("maildir: path %q: the only placeholders are {esmtp.rcpt.local}, {esmtp.rcpt.domain} and {esmtp.rcpt}", m.Path)
+	}
+	if m.perRecipient {
+		// The fixed parts of the path must fit too, or every
+		// recipient would be refused.
+		for _, elem := range strings.FieldsFunc(m.Path, isSeparator) {
+			if !strings.Contains(elem, "{esmtp.rcpt") && len(elem) > maxNameLen {
+				return fmt.Errorf("maildir: path %q: the element %.20q... is longer than %d bytes", m.Path, elem, maxNameLen)
+			}
+		}
 	}
 	host, _ := os.Hostname()
 	m.hostname = strings.NewReplacer("/", `\057`, ":", `\072`).Replace(host)
@@ -268,7 +293,12 @@ func (m *Maildir) EndOfMessage(_ context.Context, s *session.Session) (*session.
 		return nil, errors.New("maildir: no message data was streamed")
 	}
 	txn.SetValue(deliveryKey{m}, nil)
-	if err := m.commit(d); err != nil {
+	if err := m.commit(d); errors.Is(err, errNameTooLong) {
+		// A recipient an earlier sub-handler accepted with its own 2xx,
+		// so Rcpt never saw it: a retry could only fail again.
+		m.logger.Warn("message refused: a maildir path is too long", zap.String("queue_id", txn.ID), zap.Error(err))
+		return session.NewReply(554, replyNameTooLong.Enhanced, replyNameTooLong.Lines...), nil
+	} else if err != nil {
 		m.logger.Error("delivery failed", zap.String("queue_id", txn.ID), zap.Strings("maildirs", d.dirs), zap.Error(err))
 		return session.NewReply(451, "4.3.0", "Local delivery failed; try again later"), nil
 	}
@@ -289,30 +319,83 @@ func (m *Maildir) Abort(s *session.Session, _ error) {
 	}
 }
 
-// targets returns the distinct Maildirs of the transaction's recipients.
-func (m *Maildir) targets(txn *session.Transaction) []string {
+// Rcpt refuses a recipient whose Maildir, for a path with placeholders,
+// could never be made (see errNameTooLong); it has no opinion on the others.
+func (m *Maildir) Rcpt(_ context.Context, s *session.Session, to session.Path, _ session.Params) (*session.Reply, error) {
 	if !m.perRecipient {
-		return []string{m.Path}
+		return nil, nil
+	}
+	if _, err := m.dirFor(to); err != nil {
+		if ce := m.logger.Check(zap.DebugLevel, "recipient refused: its maildir path is too long"); ce != nil {
+			ce.Write(zap.String("session", s.ID()), zap.String("rcpt", session.Sanitize(to.Mailbox, 256)), zap.Error(err))
+		}
+		return replyNameTooLong, nil
+	}
+	return nil, nil
+}
+
+// Limits of Linux and most Unix file systems: NAME_MAX, and PATH_MAX with
+// its NUL.
+const (
+	maxNameLen = 255
+	maxPathLen = 4095
+)
+
+// errNameTooLong is a recipient's Maildir path that the file system would
+// refuse whatever we do: permanent.
+var errNameTooLong = errors.New("maildir path too long")
+
+// replyNameTooLong answers a recipient (or, when an earlier sub-handler
+// accepted it without asking us, a message) refused for errNameTooLong.
+var replyNameTooLong = session.NewReply(553, "5.1.3", "Mailbox name not allowed: too long for its Maildir path")
+
+// targets returns the distinct Maildirs of the transaction's recipients;
+// the error is errNameTooLong for a recipient no Maildir can be made for.
+func (m *Maildir) targets(txn *session.Transaction) ([]string, error) {
+	if !m.perRecipient {
+		return []string{m.Path}, nil
 	}
 	var dirs []string
 	seen := map[string]bool{}
 	for _, rc := range txn.Recipients {
-		repl := caddy.NewEmptyReplacer()
-		local, domain := rc.Path.Local, strings.ToLower(rc.Path.Domain)
-		if domain == "" { // <postmaster>
-			local = strings.ToLower(local)
+		dir, err := m.dirFor(rc.Path)
+		if err != nil {
+			return nil, err
 		}
-		repl.Set("esmtp.rcpt.local", pathSafe(local))
-		repl.Set("esmtp.rcpt.domain", pathSafe(domain))
-		repl.Set("esmtp.rcpt", pathSafe(local+"@"+domain))
-		dir := repl.ReplaceKnown(m.Path, "")
 		if !seen[dir] {
 			seen[dir] = true
 			dirs = append(dirs, dir)
 		}
 	}
-	return dirs
+	return dirs, nil
 }
+
+// dirFor expands the path for one recipient, and checks that the file
+// system can take it: every element at most maxNameLen bytes, the whole
+// with a file in tmp/ at most maxPathLen.
+func (m *Maildir) dirFor(to session.Path) (string, error) {
+	local, domain := to.Local, strings.ToLower(to.Domain)
+	if !m.KeepCase || domain == "" { // <postmaster> is folded always
+		local = strings.ToLower(local)
+	}
+	repl := caddy.NewEmptyReplacer()
+	repl.Set("esmtp.rcpt.local", pathSafe(local))
+	repl.Set("esmtp.rcpt.domain", pathSafe(domain))
+	repl.Set("esmtp.rcpt", pathSafe(local+"@"+domain))
+	dir := repl.ReplaceKnown(m.Path, "")
+	for _, elem := range strings.FieldsFunc(dir, isSeparator) {
+		if len(elem) > maxNameLen {
+			return dir, fmt.Errorf("%w: an element is %d bytes, more than %d", errNameTooLong, len(elem), maxNameLen)
+		}
+	}
+	if n := len(dir) + len("/tmp/") + maxNameLen; n > maxPathLen {
+		return dir, fmt.Errorf("%w: %d bytes with a file in tmp/, more than %d", errNameTooLong, n, maxPathLen)
+	}
+	return dir, nil
+}
+
+// isSeparator reports whether r separates path elements here.
+func isSeparator(r rune) bool { return r < utf8.RuneSelf && os.IsPathSeparator(uint8(r)) }
 
 // pathSafe keeps a placeholder value inside its directory level.
 func pathSafe(v string) string {
@@ -330,8 +413,11 @@ func pathSafe(v string) string {
 
 func (m *Maildir) start(s *session.Session) *delivery {
 	txn := s.Transaction()
-	d := &delivery{dirs: m.targets(txn)}
+	d := &delivery{}
 	d.name = fmt.Sprintf("%d.%sP%dQ%d.%s", time.Now().Unix(), txn.ID, os.Getpid(), seq.Add(1), m.hostname)
+	if d.dirs, d.err = m.targets(txn); d.err != nil {
+		return d
+	}
 	if err := makeMaildir(d.dirs[0]); err != nil {
 		d.err = err
 		return d
@@ -471,8 +557,9 @@ func syncDir(dir string) error {
 // UnmarshalCaddyfile sets up the sub-handler from Caddyfile tokens. Syntax:
 //
 //	maildir <path>
-//	maildir {
+//	maildir [<path>] {
 //		path <path>
+//		keep_case
 //	}
 func (m *Maildir) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the sub-handler name
@@ -488,8 +575,13 @@ func (m *Maildir) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&m.Path) {
 				return d.ArgErr()
 			}
+		case "keep_case":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			m.KeepCase = true
 		default:
-			return d.Errf("maildir: unknown option %q (known: path)", d.Val())
+			return d.Errf("maildir: unknown option %q (known: path, keep_case)", d.Val())
 		}
 	}
 	if m.Path == "" {
@@ -502,6 +594,7 @@ func (m *Maildir) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 var (
 	_ caddy.Provisioner        = (*Maildir)(nil)
 	_ caddyfile.Unmarshaler    = (*Maildir)(nil)
+	_ session.RcptHook         = (*Maildir)(nil)
 	_ session.HeaderHook       = (*Maildir)(nil)
 	_ session.EndOfHeadersHook = (*Maildir)(nil)
 	_ session.BodyHook         = (*Maildir)(nil)

@@ -16,10 +16,14 @@
 // secret the body is signed: X-Esmtp-Signature: sha256=<hex HMAC-SHA256 of
 // the body>.
 //
-// A 2xx response accepts the message. A 4xx response (but 408 and 429)
-// rejects it permanently: 554 5.6.0. Anything else (5xx, 3xx, 408, 429, a
-// timeout, a connection error) is retried with exponential backoff, and
-// after the last retry answers 451 4.3.0, so the client tries again later.
+// A 2xx response accepts the message. A status listed in
+// [Webhook.PermanentStatuses] rejects it for good: 554 5.6.0, no retry.
+// Anything else (any other 4xx, 5xx, 3xx, a timeout, a connection error)
+// is temporary: retried with exponential backoff, and after the last retry
+// answered 451 4.3.0 naming the last status, so the client tries again
+// later. A receiver's 401 after a token rotation or 404 during a redeploy
+// thus delays mail instead of bouncing it; list the statuses your receiver
+// uses to refuse a message for good (such as 400, 413, 415).
 // Retries are bounded by the engine's handler_timeout, since the POST runs
 // inside the end-of-message event. A retry after a timeout may deliver a
 // message twice: receivers can use X-Esmtp-Queue-Id to recognise it.
@@ -97,8 +101,9 @@ type Webhook struct {
 	// Timeout bounds each attempt, from connecting to reading the
 	// response headers. Default: 30s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
-	// Retries is how many times a failed POST (5xx, 408, 429, 3xx,
-	// timeout, connection error) is tried again. Default: 2; 0: none.
+	// Retries is how many times a failed POST (any status but 2xx and
+	// those in PermanentStatuses, a timeout, a connection error) is tried
+	// again. Default: 2; 0: none.
 	// The attempts and the waits between them end when the engine's
 	// handler_timeout is nearly over, whatever is left.
 	Retries *int `json:"retries,omitempty"`
@@ -118,14 +123,24 @@ type Webhook struct {
 	// TempDir is the directory for the spool files. Default: the system's
 	// temporary directory.
 	TempDir string `json:"temp_dir,omitempty"`
+	// PermanentStatuses lists the HTTP statuses, each from 400 to 599, that
+	// reject a message for good: the client gets 554 5.6.0 and bounces it
+	// to its sender; there is no retry. Every other status but 2xx is
+	// temporary (retried, then 451 4.3.0, and the client tries again
+	// later), so a receiver's configuration error (401 after a token
+	// rotation, 404 during a redeploy, 500) never bounces mail. Default:
+	// none; list the statuses your receiver answers for a message it will
+	// never take, such as [400, 413, 415].
+	PermanentStatuses []int `json:"permanent_statuses,omitempty"`
 
-	url     string
-	secret  []byte
-	headers http.Header
-	json    bool
-	retries int
-	client  *http.Client
-	logger  *zap.Logger
+	url       string
+	permanent map[int]bool
+	secret    []byte
+	headers   http.Header
+	json      bool
+	retries   int
+	client    *http.Client
+	logger    *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -216,6 +231,13 @@ func (w *Webhook) Provision(ctx caddy.Context) error {
 		if fi, err := os.Stat(w.TempDir); err != nil || !fi.IsDir() {
 			return fmt.Errorf("webhook: temp_dir: %q is not a directory", w.TempDir)
 		}
+	}
+	w.permanent = make(map[int]bool, len(w.PermanentStatuses))
+	for _, code := range w.PermanentStatuses {
+		if code < 400 || code > 599 {
+			return fmt.Errorf("webhook: permanent_statuses: %d is not an HTTP error status (400 to 599)", code)
+		}
+		w.permanent[code] = true
 	}
 	w.client = &http.Client{
 		Transport: &http.Transport{
@@ -354,12 +376,24 @@ func (w *Webhook) EndOfMessage(ctx context.Context, s *session.Session) (*sessio
 	case res.permanent:
 		w.logger.Warn("message rejected by webhook", zap.String("queue_id", txn.ID), zap.String("url", w.url),
 			zap.Int("status", res.status), zap.String("response", res.snippet))
-		return session.NewReply(554, "5.6.0", "Rejected by webhook: "+res.statusText), nil
+		return session.NewReply(554, "5.6.0", "Rejected by webhook: "+statusName(res.status)), nil
 	default:
 		w.logger.Error("webhook delivery failed", zap.String("queue_id", txn.ID), zap.String("url", w.url),
 			zap.Int("attempts", res.attempts), zap.Int("status", res.status), zap.String("response", res.snippet), zap.Error(res.err))
+		if res.status != 0 {
+			return session.NewReply(451, "4.3.0", "Delivery failed: webhook answered "+statusName(res.status)+"; try again later"), nil
+		}
 		return session.NewReply(451, "4.3.0", "Delivery failed; try again later"), nil
 	}
+}
+
+// statusName is an HTTP status as the client is told it: the code and its
+// standard text ("404 Not Found"), never the receiver's own reason phrase.
+func statusName(code int) string {
+	if text := http.StatusText(code); text != "" {
+		return strconv.Itoa(code) + " " + text
+	}
+	return strconv.Itoa(code)
 }
 
 // Abort closes the spool of a transaction that ended without delivery.
@@ -460,9 +494,7 @@ func (w *Webhook) attempt(ctx context.Context, timeout time.Duration, header htt
 	switch c := resp.StatusCode; {
 	case c >= 200 && c < 300:
 		res.ok, res.err = true, nil
-	case c == http.StatusRequestTimeout || c == http.StatusTooManyRequests:
-		res.err = fmt.Errorf("status %s", res.statusText)
-	case c >= 400 && c < 500:
+	case w.permanent[c]:
 		res.permanent, res.err = true, fmt.Errorf("status %s", res.statusText)
 	default:
 		res.err = fmt.Errorf("status %s", res.statusText)
@@ -711,6 +743,7 @@ func (sp *spool) Close() { sp.file.Close() }
 //		secret   <key>
 //		header   <name> <value>
 //		temp_dir <dir>
+//		permanent_statuses <status...>
 //	}
 func (w *Webhook) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the sub-handler name
@@ -780,8 +813,20 @@ func (w *Webhook) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				w.Headers = http.Header{}
 			}
 			w.Headers.Add(name, value)
+		case "permanent_statuses":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for _, v := range args {
+				n, err := strconv.Atoi(v)
+				if err != nil || n < 400 || n > 599 {
+					return d.Errf("webhook: permanent_statuses: %q is not an HTTP error status (400 to 599)", v)
+				}
+				w.PermanentStatuses = append(w.PermanentStatuses, n)
+			}
 		default:
-			return d.Errf("webhook: unknown option %q (known: url, format, timeout, retries, backoff, secret, header, temp_dir)", opt)
+			return d.Errf("webhook: unknown option %q (known: url, format, timeout, retries, backoff, secret, header, temp_dir, permanent_statuses)", opt)
 		}
 	}
 	if w.URL == "" {

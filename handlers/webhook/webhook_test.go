@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -266,33 +267,55 @@ func TestTextEscaping(t *testing.T) {
 	}
 }
 
+// TestStatusCodes: by default only 2xx accepts, and every other status is
+// temporary: a receiver's configuration error (401 after a token rotation,
+// 404 during a redeploy) must never bounce mail. With permanent_statuses,
+// the listed statuses (and only those) reject for good, without a retry.
 func TestStatusCodes(t *testing.T) {
+	permanent := []int{400, 413, 415, 501}
 	cases := []struct {
-		status   int
-		reply    string
-		requests int
+		status    int
+		permanent []int
+		reply     string
+		requests  int
 	}{
-		{200, "250 2.0.0 ", 1},
-		{202, "250 2.0.0 ", 1},
-		{204, "250 2.0.0 ", 1},
-		{400, "554 5.6.0 Rejected by webhook: 400 Bad Request", 1},
-		{403, "554 5.6.0 Rejected by webhook: 403 Forbidden", 1},
-		{413, "554 5.6.0 Rejected by webhook: 413 Request Entity Too Large", 1},
-		{408, "451 4.3.0 ", 3},
-		{429, "451 4.3.0 ", 3},
-		{500, "451 4.3.0 ", 3},
-		{503, "451 4.3.0 ", 3},
-		{302, "451 4.3.0 ", 3},
+		{200, nil, "250 2.0.0 ", 1},
+		{202, nil, "250 2.0.0 ", 1},
+		{204, nil, "250 2.0.0 ", 1},
+		{400, nil, "451 4.3.0 Delivery failed: webhook answered 400 Bad Request; try again later", 3},
+		{401, nil, "451 4.3.0 Delivery failed: webhook answered 401 Unauthorized; try again later", 3},
+		{403, nil, "451 4.3.0 Delivery failed: webhook answered 403 Forbidden; try again later", 3},
+		{404, nil, "451 4.3.0 Delivery failed: webhook answered 404 Not Found; try again later", 3},
+		{413, nil, "451 4.3.0 Delivery failed: webhook answered 413 Request Entity Too Large; try again later", 3},
+		{408, nil, "451 4.3.0 Delivery failed: webhook answered 408 Request Timeout; try again later", 3},
+		{429, nil, "451 4.3.0 Delivery failed: webhook answered 429 Too Many Requests; try again later", 3},
+		{499, nil, "451 4.3.0 Delivery failed: webhook answered 499; try again later", 3},
+		{500, nil, "451 4.3.0 Delivery failed: webhook answered 500 Internal Server Error; try again later", 3},
+		{503, nil, "451 4.3.0 ", 3},
+		{302, nil, "451 4.3.0 Delivery failed: webhook answered 302 Found; try again later", 3},
+
+		{200, permanent, "250 2.0.0 ", 1},
+		{400, permanent, "554 5.6.0 Rejected by webhook: 400 Bad Request", 1},
+		{413, permanent, "554 5.6.0 Rejected by webhook: 413 Request Entity Too Large", 1},
+		{415, permanent, "554 5.6.0 Rejected by webhook: 415 Unsupported Media Type", 1},
+		{501, permanent, "554 5.6.0 Rejected by webhook: 501 Not Implemented", 1},
+		{401, permanent, "451 4.3.0 Delivery failed: webhook answered 401 Unauthorized; try again later", 3},
+		{404, permanent, "451 4.3.0 ", 3},
+		{500, permanent, "451 4.3.0 ", 3},
 	}
 	for _, tc := range cases {
-		t.Run(http.StatusText(tc.status), func(t *testing.T) {
+		name := fmt.Sprint(tc.status)
+		if tc.permanent != nil {
+			name += " permanent_statuses " + fmt.Sprint(tc.permanent)
+		}
+		t.Run(name, func(t *testing.T) {
 			rc := newReceiver(t, func(_ int, w http.ResponseWriter, _ *http.Request) {
 				if tc.status == 302 {
 					w.Header().Set("Location", "/elsewhere")
 				}
 				w.WriteHeader(tc.status)
 			})
-			w := provision(t, &Webhook{URL: rc.URL, Retries: intp(2), Backoff: caddy.Duration(time.Millisecond)})
+			w := provision(t, &Webhook{URL: rc.URL, Retries: intp(2), Backoff: caddy.Duration(time.Millisecond), PermanentStatuses: tc.permanent})
 			ts := smtptest.ServeConfig(t, session.Config{}, w)
 			c := ts.DialTCPHello()
 			if r := smtptest.Mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, tc.reply) {
@@ -523,15 +546,19 @@ func TestSpoolUnlinkedWhileStreaming(t *testing.T) {
 func TestProvisionErrors(t *testing.T) {
 	dir := t.TempDir()
 	cases := map[string]*Webhook{
-		"url is required": {},
-		"url:":            {URL: "ftp://example.test/"},
-		"format:":         {URL: "http://example.test/", Format: "xml"},
-		"retries:":        {URL: "http://example.test/", Retries: intp(-1)},
-		"timeout:":        {URL: "http://example.test/", Timeout: -1},
-		"headers:":        {URL: "http://example.test/", Headers: http.Header{"X-Esmtp-From": {"x"}}},
-		"temp_dir:":       {URL: "http://example.test/", TempDir: dir + "/missing"},
-		"url: {esmtp.*}":  {URL: "http://example.test/{esmtp.rcpt.domain}"},
-		"headers: X-Rcpt": {URL: "http://example.test/", Headers: http.Header{"X-Rcpt": {"{esmtp.rcpt}"}}},
+		"url is required":          {},
+		"url:":                     {URL: "ftp://example.test/"},
+		"format:":                  {URL: "http://example.test/", Format: "xml"},
+		"retries:":                 {URL: "http://example.test/", Retries: intp(-1)},
+		"timeout:":                 {URL: "http://example.test/", Timeout: -1},
+		"headers:":                 {URL: "http://example.test/", Headers: http.Header{"X-Esmtp-From": {"x"}}},
+		"temp_dir:":                {URL: "http://example.test/", TempDir: dir + "/missing"},
+		"url: {esmtp.*}":           {URL: "http://example.test/{esmtp.rcpt.domain}"},
+		"headers: X-Rcpt":          {URL: "http://example.test/", Headers: http.Header{"X-Rcpt": {"{esmtp.rcpt}"}}},
+		"permanent_statuses: 200 ": {URL: "http://example.test/", PermanentStatuses: []int{400, 200}},
+		"permanent_statuses: 399 ": {URL: "http://example.test/", PermanentStatuses: []int{399}},
+		"permanent_statuses: 600 ": {URL: "http://example.test/", PermanentStatuses: []int{600}},
+		"permanent_statuses: 0 ":   {URL: "http://example.test/", PermanentStatuses: []int{0}},
 	}
 	for want, w := range cases {
 		err := smtptest.Provision(w)
@@ -551,13 +578,15 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		header Authorization "Bearer xyz"
 		header X-A 1
 		temp_dir /var/spool/esmtp
+		permanent_statuses 400 413
+		permanent_statuses 415
 	}`)
 	var w Webhook
 	if err := w.UnmarshalCaddyfile(d); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := json.Marshal(&w)
-	want := `{"url":"https://hooks.example.test/mail","format":"json","timeout":5000000000,"retries":0,"backoff":250000000,"secret":"{env.SECRET}","headers":{"Authorization":["Bearer xyz"],"X-A":["1"]},"temp_dir":"/var/spool/esmtp"}`
+	want := `{"url":"https://hooks.example.test/mail","format":"json","timeout":5000000000,"retries":0,"backoff":250000000,"secret":"{env.SECRET}","headers":{"Authorization":["Bearer xyz"],"X-A":["1"]},"temp_dir":"/var/spool/esmtp","permanent_statuses":[400,413,415]}`
 	if string(got) != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
@@ -571,6 +600,10 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		"webhook http://x/ {\n header Bad:Name x\n}",
 		"webhook http://x/ {\n header X-A\n}",
 		"webhook http://x/ {\n bogus\n}",
+		"webhook http://x/ {\n permanent_statuses\n}",
+		"webhook http://x/ {\n permanent_statuses 404 200\n}",
+		"webhook http://x/ {\n permanent_statuses 600\n}",
+		"webhook http://x/ {\n permanent_statuses 4xx\n}",
 	} {
 		var w Webhook
 		if err := w.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
