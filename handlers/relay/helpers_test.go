@@ -23,6 +23,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
@@ -117,6 +119,9 @@ type upstreamOpts struct {
 	rejectRcpt map[string]*smtp.SMTPError
 	rejectData *smtp.SMTPError
 	rejectMail *smtp.SMTPError
+	// rejectDataTo refuses the end of data of a message whose first
+	// recipient is the key.
+	rejectDataTo map[string]*smtp.SMTPError
 }
 
 // upstream is an in-process go-smtp server on loopback that records what
@@ -295,6 +300,9 @@ func (s *upSession) Data(r io.Reader) error {
 	if s.u.opts.rejectData != nil {
 		return s.u.opts.rejectData
 	}
+	if len(s.msg.rcpts) > 0 && s.u.opts.rejectDataTo[s.msg.rcpts[0]] != nil {
+		return s.u.opts.rejectDataTo[s.msg.rcpts[0]]
+	}
 	s.msg.data = b
 	s.u.mu.Lock()
 	s.u.msgs = append(s.u.msgs, s.msg)
@@ -325,7 +333,44 @@ func serve(t testing.TB, base session.Config, handlers ...any) *smtptest.Server 
 	t.Helper()
 	cfg := smtptest.Config(handlers...)
 	cfg.BareLineEndings = base.BareLineEndings
+	cfg.Logger = base.Logger
 	return smtptest.NewServer(t, cfg)
+}
+
+// observed returns an engine configuration whose logger records its
+// entries, and the record: the per-message log lines are in it.
+func observed() (session.Config, *observer.ObservedLogs) {
+	core, logs := observer.New(zap.InfoLevel)
+	return session.Config{Logger: zap.New(core)}, logs
+}
+
+// messageLog returns the fields of the n-th (from 1) per-message log line,
+// waiting for it: it may be written after the reply to the end of data.
+func messageLog(t testing.TB, logs *observer.ObservedLogs, n int) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(hangGuard)
+	for {
+		if entries := logs.FilterMessage("message").All(); len(entries) >= n {
+			return entries[n-1].ContextMap()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for per-message log line %d", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// mailParam is a sub-handler that adds a MAIL parameter to the transaction
+// of each sender in the map, as the engine does with the parameters it
+// accepts: the relay sees it in Transaction.MailParams.
+type mailParam map[string]session.Param
+
+func (m mailParam) Mail(_ context.Context, s *session.Session, from session.Path, _ session.Params) (*session.Reply, error) {
+	if p, ok := m[from.Mailbox]; ok {
+		txn := s.Transaction()
+		txn.MailParams = append(txn.MailParams, p)
+	}
+	return nil, nil
 }
 
 // dial connects over loopback TCP (so the client address is 127.0.0.1),

@@ -42,7 +42,28 @@
 // another domain gets 452 4.5.3 so that the client sends it in a following
 // transaction (RFC 5321 4.5.3.1.10). That way the single reply at end of
 // data is the true fate of every recipient it covers. STARTTLS is used when
-// offered (and required with RequireTLS), with the certificate verified.
+// offered, and is opportunistic (RFC 7435): a certificate that does not
+// verify does not stop the message, which goes encrypted all the same, and
+// the per-message log line says whether it verified. With RequireTLS,
+// STARTTLS and a verified certificate are both required.
+//
+// An upstream's 421 (it is closing the connection) becomes 451 4.4.2 for
+// the client, whose session goes on; that connection is not used again.
+//
+// # Internationalised addresses
+//
+// Domains are looked up, and compared with Domains, as A-labels (an entry
+// or a recipient may be written as U-labels or A-labels). An SMTPUTF8
+// transaction goes to an upstream with SMTPUTF8 as it came; to one without,
+// it goes without the SMTPUTF8 parameter, its domains as A-labels, when it
+// can: an address with a non-ASCII local part gets 553 5.6.7, and a message
+// with a non-ASCII header field 550 5.6.9 (RFC 6531).
+//
+// # AUTH=
+//
+// The AUTH= parameter of MAIL FROM (RFC 4954 section 5) is passed on to an
+// upstream that offers AUTH: the client's mailbox when the client
+// authenticated, AUTH=<> when it did not.
 //
 // # DSN
 //
@@ -88,7 +109,10 @@ type Relay struct {
 	To string `json:"to,omitempty"`
 	// Domains are recipient patterns the relay forwards for, whoever the
 	// client: "example.com", "*.example.com" (subdomains),
-	// "user@example.com". See the package documentation.
+	// "user@example.com". An internationalised domain may be written as
+	// U-labels ("bücher.example") or A-labels ("xn--bcher-kva.example"):
+	// either matches a recipient written either way. See the package
+	// documentation.
 	Domains []string `json:"domains,omitempty"`
 	// RelayNetworks are client addresses or CIDR ranges the relay
 	// forwards for, to any recipient.
@@ -100,8 +124,10 @@ type Relay struct {
 	AuthUser     string `json:"auth_user,omitempty"`
 	AuthPassword string `json:"auth_password,omitempty"`
 	// RequireTLS refuses to send a message to an upstream that does not
-	// offer STARTTLS (451 4.7.4 to the client). Default: true for a smart
-	// host, false for mx (STARTTLS when offered).
+	// offer STARTTLS (451 4.7.4 to the client) or whose certificate does
+	// not verify (451 4.7.5). Default: true for a smart host, false for mx
+	// (opportunistic: STARTTLS when offered, the certificate verified only
+	// for the log).
 	RequireTLS *bool `json:"require_tls,omitempty"`
 	// TLSServerName is the name the upstream's certificate must carry,
 	// when it is not the host name of To.
@@ -109,9 +135,11 @@ type Relay struct {
 	// TLSCA is a PEM file of the certificate authorities that upstream
 	// certificates are verified against, instead of the system roots.
 	TLSCA string `json:"tls_ca,omitempty"`
-	// TLSInsecureSkipVerify accepts any upstream certificate. The
-	// connection is encrypted but not authenticated: for tests, or for
-	// opportunistic TLS with mx (as most mail servers do).
+	// TLSInsecureSkipVerify accepts any upstream certificate, even with
+	// RequireTLS or a smart host. The connection is encrypted but not
+	// authenticated: for tests, or a smart host whose certificate cannot be
+	// verified. (With mx and without RequireTLS, TLS is opportunistic
+	// already.)
 	TLSInsecureSkipVerify bool `json:"tls_insecure_skip_verify,omitempty"`
 	// Resolver is the DNS server ("host:port") for MX lookups; the
 	// system's resolver by default. Only with to mx.
@@ -146,6 +174,11 @@ type Relay struct {
 	resolver    *net.Resolver
 	pool        *pool
 	logger      *zap.Logger
+
+	// opportunistic: an upstream certificate that does not verify is used
+	// all the same (and logged as such): mx without require_tls, or
+	// tls_insecure_skip_verify.
+	opportunistic bool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -173,7 +206,13 @@ func (r *Relay) Provision(ctx caddy.Context) error {
 	}
 	var err error
 	if len(r.Domains) > 0 {
-		if r.domains, err = recipients.BuildList("relay: domains", r.Domains, nil); err != nil {
+		entries := make([]string, len(r.Domains))
+		for i, e := range r.Domains {
+			if entries[i], err = aLabelEntry(e); err != nil {
+				return fmt.Errorf("relay: domains[%d]: %v", i, err)
+			}
+		}
+		if r.domains, err = recipients.BuildList("relay: domains", entries, nil); err != nil {
 			return err
 		}
 	}
@@ -191,6 +230,7 @@ func (r *Relay) Provision(ctx caddy.Context) error {
 	if r.RequireTLS != nil {
 		r.requireTLS = *r.RequireTLS
 	}
+	r.opportunistic = r.TLSInsecureSkipVerify || r.mx && !r.requireTLS
 	repl := caddy.NewReplacer()
 	r.user = repl.ReplaceKnown(r.AuthUser, "")
 	r.password = repl.ReplaceKnown(r.AuthPassword, "")
@@ -336,7 +376,7 @@ func (r *Relay) Extensions(*session.Session) []string { return dsnKeyword }
 // permitted reports whether the relay may forward for to (see the package
 // documentation).
 func (r *Relay) permitted(s *session.Session, to session.Path) bool {
-	if r.domains != nil && to.Domain != "" && r.domains.Match(to.Local, to.Domain) {
+	if r.domains != nil && to.Domain != "" && r.domains.Match(to.Local, matchDomain(to.Domain)) {
 		return true
 	}
 	if s.AuthUser() != "" {
@@ -356,10 +396,16 @@ var (
 	replyRcptOK       = session.NewReply(250, "2.1.5", "Recipient OK")
 	replyOtherDomain  = session.NewReply(452, "4.5.3", "Too many recipient domains in one transaction; send this recipient in another")
 	replyNoDomain     = session.NewReply(550, "5.1.2", "No domain to relay to")
-	replyNoSMTPUTF8   = session.NewReply(550, "5.6.7", "Upstream mail server does not support SMTPUTF8")
+	replyBadDomain    = session.NewReply(550, "5.1.2", "Recipient domain is not a valid domain name")
 	replyNo8BITMIME   = session.NewReply(550, "5.6.3", "Upstream mail server does not support 8BITMIME")
 	replyNoData       = session.NewReply(451, "4.3.0", "Relay: no upstream transaction; try again later")
 	replyUpstreamFail = session.NewReply(451, "4.4.2", "Upstream mail server failed during the message; try again later")
+
+	// RFC 6531: an address or a header that needs SMTPUTF8 cannot go to an
+	// upstream that does not offer it.
+	replySenderUTF8 = session.NewReply(553, "5.6.7", "Sender address needs SMTPUTF8, which the upstream mail server does not support")
+	replyRcptUTF8   = session.NewReply(553, "5.6.7", "Recipient address needs SMTPUTF8, which the upstream mail server does not support")
+	replyHeaderUTF8 = session.NewReply(550, "5.6.9", "Message header needs SMTPUTF8, which the upstream mail server does not support")
 )
 
 // key is the per-transaction state's key, one per relay instance, so two
@@ -368,12 +414,15 @@ type key struct{ r *Relay }
 
 // txnState is the upstream side of one client transaction.
 type txnState struct {
-	domain string         // the recipient domain (to mx)
+	domain string         // the recipient domain, as A-labels (to mx)
 	up     *upstream      // nil until the first recipient is taken
 	fail   *session.Reply // the destination failed: the reply for every further recipient
 	rcpts  int            // recipients the upstream accepted
 	data   *smtp.DataCommand
 	w      canonWriter
+	// ascii: an SMTPUTF8 transaction goes to an upstream without
+	// SMTPUTF8, as ASCII (A-labels), so the header must be ASCII too.
+	ascii bool
 }
 
 func (r *Relay) state(s *session.Session) *txnState {
@@ -401,9 +450,15 @@ func (r *Relay) Rcpt(ctx context.Context, s *session.Session, to session.Path, p
 		txn.SetValue(key{r}, st)
 	}
 	if r.mx {
-		d := recipients.NormalizeDomain(to.Domain)
-		if d == "" {
+		if to.Domain == "" {
 			return replyNoDomain, nil
+		}
+		d, err := aLabel(to.Domain)
+		if err != nil {
+			if ce := r.logger.Check(zap.DebugLevel, "invalid recipient domain"); ce != nil {
+				ce.Write(zap.String("session", s.ID()), zap.Error(err))
+			}
+			return replyBadDomain, nil
 		}
 		if st.domain != d {
 			if st.rcpts > 0 {
@@ -423,9 +478,17 @@ func (r *Relay) Rcpt(ctx context.Context, s *session.Session, to session.Path, p
 			return fail, nil
 		}
 		st.up = up
+		st.ascii = txn.UTF8 && !up.hasExt("SMTPUTF8")
+	}
+	rcpt := to.Mailbox
+	if st.ascii {
+		var ok bool
+		if rcpt, ok = asciiPath(to); !ok {
+			return replyRcptUTF8, nil
+		}
 	}
 	r.bound(ctx, st.up)
-	if err := st.up.c.Rcpt(to.Mailbox, rcptOptions(params)); err != nil {
+	if err := st.up.c.Rcpt(rcpt, rcptOptions(params)); err != nil {
 		rep, answered := replyFor(err)
 		if !answered {
 			r.logger.Warn("upstream failed at RCPT", zap.String("session", s.ID()), zap.String("upstream", st.up.addr), zap.Error(err))
@@ -466,15 +529,23 @@ func (r *Relay) open(ctx context.Context, s *session.Session) (*upstream, *sessi
 		}
 	}
 	r.bound(ctx, up)
-	switch {
-	case txn.UTF8 && !up.hasExt("SMTPUTF8"):
-		r.done(up)
-		return nil, replyNoSMTPUTF8
-	case txn.Body == "8BITMIME" && !up.hasExt("8BITMIME"):
+	if txn.Body == "8BITMIME" && !up.hasExt("8BITMIME") {
 		r.done(up)
 		return nil, replyNo8BITMIME
 	}
-	if err := up.c.Mail(txn.From.Mailbox, mailOptions(txn)); err != nil {
+	// SMTPUTF8 toward an upstream without it: the envelope goes as ASCII
+	// when it can (domains as A-labels), and the header is checked as it
+	// streams (Header).
+	utf8 := txn.UTF8 && up.hasExt("SMTPUTF8")
+	from := txn.From.Mailbox
+	if txn.UTF8 && !utf8 {
+		var ok bool
+		if from, ok = asciiPath(txn.From); !ok {
+			r.done(up)
+			return nil, replySenderUTF8
+		}
+	}
+	if err := up.c.Mail(from, mailOptions(txn, utf8, s.AuthUser() != "")); err != nil {
 		rep, answered := replyFor(err)
 		if answered {
 			r.done(up)
@@ -574,8 +645,13 @@ func (r *Relay) write(ctx context.Context, s *session.Session, p []byte) error {
 	return nil
 }
 
-// Header streams a header field (the engine's Received: field first).
+// Header streams a header field (the engine's Received: field first). A
+// field that is not ASCII fails the message when the upstream does not take
+// SMTPUTF8 (RFC 6531, RFC 6532).
 func (r *Relay) Header(ctx context.Context, s *session.Session, h session.HeaderField) error {
+	if st := r.state(s); st != nil && st.ascii && st.rcpts > 0 && !isASCII(h.Raw) {
+		return replyHeaderUTF8
+	}
 	return r.write(ctx, s, h.Raw)
 }
 
@@ -615,23 +691,36 @@ func (r *Relay) EndOfMessage(ctx context.Context, s *session.Session) (*session.
 		resp, err = st.data.CloseWithResponse()
 	}
 	st.data = nil
+	logUpstream(txn, up)
 	if err != nil {
 		rep, answered := replyFor(err)
-		txn.AddLogField(zap.String("relay", up.addr))
 		txn.AddLogField(zap.String("relay_reply", rep.Error()))
 		if !answered {
 			r.logger.Warn("upstream failed at end of data", zap.String("session", s.ID()), zap.String("queue_id", txn.ID),
 				zap.String("upstream", up.addr), zap.Error(err))
 			up.close()
-			return replyUpstreamFail, nil
+			if rep == replyConnLost {
+				rep = replyUpstreamFail
+			}
+			return rep, nil
 		}
 		r.done(up)
 		return rep, nil
 	}
-	txn.AddLogField(zap.String("relay", up.addr))
 	txn.AddLogField(zap.String("relay_reply", session.Sanitize(strings.ReplaceAll(resp.StatusText, "\n", " "), 200)))
 	r.done(up)
 	return nil, nil
+}
+
+// logUpstream adds to the per-message log line where the message went and
+// how: relay (the upstream's address), relay_tls, and relay_tls_verified
+// (whether its certificate verified) when relay_tls.
+func logUpstream(txn *session.Transaction, up *upstream) {
+	txn.AddLogField(zap.String("relay", up.addr))
+	txn.AddLogField(zap.Bool("relay_tls", up.tls))
+	if up.tls {
+		txn.AddLogField(zap.Bool("relay_tls_verified", up.verified))
+	}
 }
 
 // Abort lets go of the upstream transaction: it is reset, or cut if its
@@ -643,11 +732,17 @@ func (r *Relay) Abort(s *session.Session, _ error) {
 	}
 }
 
-// mailOptions are the MAIL parameters passed upstream: SIZE, SMTPUTF8 and
-// DSN's RET and ENVID (the SMTP client sends BODY=8BITMIME by itself when
-// the upstream offers it, and SIZE and DSN only when it offers them).
-func mailOptions(txn *session.Transaction) *smtp.MailOptions {
-	o := &smtp.MailOptions{UTF8: txn.UTF8}
+// mailOptions are the MAIL parameters passed upstream: SIZE, SMTPUTF8
+// (when utf8), DSN's RET and ENVID, and AUTH (the SMTP client sends
+// BODY=8BITMIME by itself when the upstream offers it, and SIZE, DSN and
+// AUTH only when it offers them). authenticated tells whether the client
+// authenticated.
+func mailOptions(txn *session.Transaction, utf8, authenticated bool) *smtp.MailOptions {
+	o := &smtp.MailOptions{UTF8: utf8}
+	if v, ok := txn.MailParams.Get("AUTH"); ok {
+		a := authMailbox(v, authenticated)
+		o.Auth = &a
+	}
 	if v, ok := txn.MailParams.Get("SIZE"); ok {
 		o.Size, _ = strconv.ParseInt(v, 10, 64)
 	}
@@ -660,6 +755,25 @@ func mailOptions(txn *session.Transaction) *smtp.MailOptions {
 		}
 	}
 	return o
+}
+
+// authMailbox is the AUTH= mailbox passed upstream for the client's AUTH=
+// value v (xtext) (RFC 4954 section 5): the client's mailbox when the
+// client authenticated, and <> ("not known") when it did not, since then
+// nothing vouches for it, or when v is not an ASCII mailbox.
+func authMailbox(v string, authenticated bool) string {
+	if !authenticated {
+		return "<>"
+	}
+	m, err := session.DecodeXtext(v)
+	if err != nil || m == "<>" || !isASCII(m) {
+		return "<>"
+	}
+	p, params, err := session.ParsePathArg("<"+m+">", false, false)
+	if err != nil || len(params) > 0 || p.Mailbox != m {
+		return "<>"
+	}
+	return m
 }
 
 // rcptOptions are DSN's NOTIFY and ORCPT for the upstream.

@@ -262,6 +262,7 @@ func TestProvisionErrors(t *testing.T) {
 		{Relay{To: "mx", RelayNetworks: []string{"nonsense"}}, "relay_networks[0]"},
 		{Relay{To: "mx", Domains: []string{"*"}}, "domains"},
 		{Relay{To: "mx", Domains: []string{"*@*"}}, "domains"},
+		{Relay{To: "mx", Domains: []string{"example.test", "*.bü_cher.example"}}, "domains[1]"},
 		{Relay{To: "mx", AuthUser: "u", AuthPassword: "p"}, "not with to mx"},
 		{Relay{To: "smtp://example.test", AuthPassword: "p"}, "set auth_user"},
 		{Relay{To: "smtp://example.test", AuthUser: "u", AuthPassword: "{env.RELAY_TEST_EMPTY}"}, "auth_password"},
@@ -354,12 +355,35 @@ func TestUpstreamDown(t *testing.T) {
 	c.Cmd("DATA", "554 5.5.1 ") // no valid recipients (RFC 5321 3.3)
 }
 
+// TestSMTPUTF8NeedsUpstreamSupport checks that an SMTPUTF8 transaction
+// goes to an upstream without SMTPUTF8 only when it needs none: an ASCII
+// envelope and header go, without the SMTPUTF8 parameter; a non-ASCII
+// address gets 553 5.6.7 (RFC 6531) and a non-ASCII header 550 5.6.9. An
+// upstream with SMTPUTF8 gets it all as it came.
 func TestSMTPUTF8NeedsUpstreamSupport(t *testing.T) {
 	plain := startUpstream(t, upstreamOpts{})
 	r := provisioned(t, &Relay{To: "smtp://" + plain.addr, RequireTLS: &off})
 	c, _ := dial(t, serve(t, session.Config{}, authAs("alice"), r))
+	c.Cmd("MAIL FROM:<ä@client.example> SMTPUTF8", "250 2.1.0")
+	c.Cmd("RCPT TO:<b@example.test>", "553 5.6.7 ")
+	c.Cmd("RSET", "250 ")
 	c.Cmd("MAIL FROM:<a@client.example> SMTPUTF8", "250 2.1.0")
-	c.Cmd("RCPT TO:<b@example.test>", "550 5.6.7 ")
+	c.Cmd("RCPT TO:<ö@example.test>", "553 5.6.7 ")
+	c.Cmd("RCPT TO:<b@example.test>", "250 2.1.5")
+	c.Cmd("DATA", "354 ")
+	c.Send(stuff(message))
+	c.Expect("250 2.0.0")
+	if msgs := plain.messages(); len(msgs) != 1 || msgs[0].mailOpts.UTF8 || !slices.Equal(msgs[0].rcpts, []string{"b@example.test"}) {
+		t.Fatalf("upstream without SMTPUTF8 got %+v", msgs)
+	}
+	c.Cmd("MAIL FROM:<a@client.example> SMTPUTF8", "250 2.1.0")
+	c.Cmd("RCPT TO:<b@example.test>", "250 2.1.5")
+	c.Cmd("DATA", "354 ")
+	c.Send(stuff("From: ä@client.example\r\n\r\nHallo\r\n"))
+	c.Expect("550 5.6.9 ")
+	if n := len(plain.messages()); n != 1 {
+		t.Fatalf("upstream without SMTPUTF8 got a message with a UTF-8 header")
+	}
 
 	utf := startUpstream(t, upstreamOpts{utf8: true})
 	r = provisioned(t, &Relay{To: "smtp://" + utf.addr, RequireTLS: &off})
@@ -662,5 +686,103 @@ func TestCaddyfile(t *testing.T) {
 		if err := r.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
 			t.Errorf("%q: no error", bad)
 		}
+	}
+}
+
+// TestAuthParamPassedOn checks RFC 4954 section 5: the AUTH= parameter of
+// MAIL FROM goes on to an upstream that offers AUTH, with the mailbox the
+// client gave when the client authenticated, and as AUTH=<> when it did not
+// (or gave no mailbox); none is sent when the client gave none, nor to an
+// upstream without AUTH. The parameter is put in MailParams by a
+// sub-handler, as the engine does when it accepts AUTH= on MAIL.
+func TestAuthParamPassedOn(t *testing.T) {
+	params := mailParam{
+		"a@client.example":    {Key: "AUTH", Value: "a+2Bsub@client.example", HasValue: true},
+		"null@client.example": {Key: "AUTH", Value: "<>", HasValue: true},
+		"bad@client.example":  {Key: "AUTH", Value: "x+0D+0AQUIT", HasValue: true},
+	}
+	up := startUpstream(t, upstreamOpts{tls: true, user: "relayuser", pass: "pw"})
+	r := provisioned(t, &Relay{To: "smtp://" + up.addr, TLSCA: certs(t).caFile, TLSServerName: "mx.test",
+		AuthUser: "relayuser", AuthPassword: "pw", RelayNetworks: []string{"127.0.0.0/8"}})
+	c, _ := dial(t, serve(t, session.Config{}, authAs("alice"), params, r))
+	for _, from := range []string{"a@client.example", "null@client.example", "bad@client.example", "none@client.example"} {
+		if got := send(t, c, from, "b@example.test"); !strings.HasPrefix(got, "250 2.0.0") {
+			t.Fatalf("from %s: end of data: %q", from, got)
+		}
+	}
+	// Not authenticated (relayed for its address): the mailbox it claims
+	// is not vouched for.
+	c, _ = dial(t, serve(t, session.Config{}, params, r))
+	if got := send(t, c, "a@client.example", "b@example.test"); !strings.HasPrefix(got, "250 2.0.0") {
+		t.Fatalf("unauthenticated: end of data: %q", got)
+	}
+	msgs := up.messages()
+	if len(msgs) != 5 {
+		t.Fatalf("upstream got %d messages, want 5", len(msgs))
+	}
+	for i, want := range []string{"a+sub@client.example", "", "", "(none)", ""} {
+		got := "(none)"
+		if a := msgs[i].mailOpts.Auth; a != nil {
+			got = *a
+		}
+		if got != want {
+			t.Errorf("message %d from %s: upstream AUTH= %q, want %q", i, msgs[i].from, got, want)
+		}
+	}
+
+	// An upstream without AUTH gets no AUTH= parameter.
+	plain := startUpstream(t, upstreamOpts{})
+	r = provisioned(t, &Relay{To: "smtp://" + plain.addr, RequireTLS: &off})
+	c, _ = dial(t, serve(t, session.Config{}, authAs("alice"), params, r))
+	if got := send(t, c, "a@client.example", "b@example.test"); !strings.HasPrefix(got, "250 2.0.0") {
+		t.Fatalf("upstream without AUTH: end of data: %q", got)
+	}
+	if raw := plain.rawBytes(); bytes.Contains(raw, []byte("AUTH=")) {
+		t.Errorf("AUTH= sent to an upstream that does not offer AUTH: %q", raw)
+	}
+}
+
+// TestUpstream421 checks that an upstream's 421 (it is closing the
+// connection) reaches the client as 451 4.4.2, not as a 421 that tells the
+// client our session ends; that the connection is dropped, not reused; and
+// that the client's session goes on.
+func TestUpstream421(t *testing.T) {
+	bye := &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Shutting down"}
+	for _, at := range []string{"rcpt", "end of data"} {
+		t.Run(at, func(t *testing.T) {
+			refuse := map[string]*smtp.SMTPError{"gone@example.test": bye}
+			opts := upstreamOpts{rejectRcpt: refuse}
+			if at == "end of data" {
+				opts = upstreamOpts{rejectDataTo: refuse}
+			}
+			up := startUpstream(t, opts)
+			r := provisioned(t, &Relay{To: "smtp://" + up.addr, RequireTLS: &off})
+			c, _ := dial(t, serve(t, session.Config{}, authAs("alice"), r))
+			c.Cmd("MAIL FROM:<a@client.example>", "250 2.1.0")
+			var got string
+			if at == "rcpt" {
+				got = c.Cmd("RCPT TO:<gone@example.test>", "")
+				c.Cmd("RSET", "250 ")
+			} else {
+				c.Cmd("RCPT TO:<gone@example.test>", "250 2.1.5")
+				c.Cmd("DATA", "354 ")
+				c.Send(stuff(message))
+				got = c.ReadReply().Last()
+			}
+			if !strings.HasPrefix(got, "451 4.4.2 ") || !strings.Contains(got, "closed") {
+				t.Fatalf("upstream 421 at %s: client got %q, want 451 4.4.2 (upstream closed)", at, got)
+			}
+			waitFor(t, "the connection that got 421 to be dropped", func() bool { return up.closed() == 1 })
+			// The session goes on, over a new connection.
+			if got := send(t, c, "a@client.example", "b@example.test"); !strings.HasPrefix(got, "250 2.0.0") {
+				t.Fatalf("next message: %q", got)
+			}
+			if n := up.connections(); n != 2 {
+				t.Errorf("%d connections to the upstream, want 2 (the one that got 421 is not reused)", n)
+			}
+			if msgs := up.messages(); len(msgs) != 1 || !slices.Equal(msgs[0].rcpts, []string{"b@example.test"}) {
+				t.Errorf("upstream got %+v", msgs)
+			}
+		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -35,7 +36,10 @@ type upstream struct {
 	addr  string // host:port, for logs
 	hello string // the name we gave in EHLO
 	tls   bool
-	idle  time.Time // when it went back to the pool
+	// verified: its certificate verified (always, with TLS, unless
+	// Relay.opportunistic).
+	verified bool
+	idle     time.Time // when it went back to the pool
 }
 
 // close drops the connection at once, without QUIT: used when the
@@ -85,6 +89,7 @@ func (c *upConn) Write(p []byte) (int, error) {
 var (
 	replyUnreachable = session.NewReply(451, "4.4.1", "Upstream mail server not reachable; try again later")
 	replyConnLost    = session.NewReply(451, "4.4.2", "Connection to the upstream mail server lost; try again later")
+	replyUpClosed    = session.NewReply(451, "4.4.2", "Upstream mail server closed the connection; try again later")
 	replyNoTLS       = session.NewReply(451, "4.7.4", "Upstream mail server does not offer STARTTLS; try again later")
 	replyTLSFailed   = session.NewReply(451, "4.7.5", "TLS with the upstream mail server failed; try again later")
 	replyUpAuth      = session.NewReply(451, "4.7.0", "Authentication to the upstream mail server failed; try again later")
@@ -132,13 +137,13 @@ func (r *Relay) greet(ctx context.Context, raw net.Conn, t target, hello string)
 	raw.SetDeadline(time.Now().Add(timeout))
 	var conn net.Conn = raw
 	var greeting []byte
-	secure := false
+	secure, verified := false, false
 	if r.implicitTLS {
 		tc := tls.Client(raw, r.tlsConfig(t.name))
 		if err := tc.HandshakeContext(ctx); err != nil {
 			return nil, failed(replyTLSFailed, "TLS with %s: %v", t.addr, err)
 		}
-		conn, secure = tc, true
+		conn, secure, verified = tc, true, r.checkCertificate(tc, t)
 	} else {
 		// Greeting, EHLO and STARTTLS are spoken here rather than by the
 		// SMTP client, which would say EHLO as "localhost" before TLS and
@@ -178,7 +183,7 @@ func (r *Relay) greet(ctx context.Context, raw net.Conn, t target, hello string)
 				if err := tc.HandshakeContext(ctx); err != nil {
 					return nil, failed(replyTLSFailed, "STARTTLS with %s: %v", t.addr, err)
 				}
-				conn, secure = tc, true
+				conn, secure, verified = tc, true, r.checkCertificate(tc, t)
 			} else if _, ok := err.(*textproto.Error); !ok {
 				return nil, failed(replyUnreachable, "STARTTLS to %s: %v", t.addr, err)
 			}
@@ -195,7 +200,7 @@ func (r *Relay) greet(ctx context.Context, raw net.Conn, t target, hello string)
 	uc := &upConn{Conn: conn, greeting: greeting, timeout: timeout}
 	c := smtp.NewClient(uc)
 	c.CommandTimeout = timeout
-	up := &upstream{c: c, uc: uc, addr: t.addr, hello: hello, tls: secure}
+	up := &upstream{c: c, uc: uc, addr: t.addr, hello: hello, tls: secure, verified: verified}
 	if err := c.Hello(hello); err != nil {
 		c.Close()
 		return nil, failed(replyUnreachable, "greeting %s: %v", t.addr, err)
@@ -217,17 +222,52 @@ func (r *Relay) greet(ctx context.Context, raw net.Conn, t target, hello string)
 	return up, nil
 }
 
-// tlsConfig is the client TLS configuration for an upstream named name.
-func (r *Relay) tlsConfig(name string) *tls.Config {
+// serverName is the name the certificate of an upstream named name must
+// carry.
+func (r *Relay) serverName(name string) string {
 	if r.TLSServerName != "" {
-		name = r.TLSServerName
+		return r.TLSServerName
 	}
+	return name
+}
+
+// tlsConfig is the client TLS configuration for an upstream named name.
+// The handshake verifies the certificate unless TLS is opportunistic: then
+// checkCertificate does, for the log.
+func (r *Relay) tlsConfig(name string) *tls.Config {
 	return &tls.Config{
-		ServerName:         name,
+		ServerName:         r.serverName(name),
 		RootCAs:            r.roots,
-		InsecureSkipVerify: r.TLSInsecureSkipVerify,
+		InsecureSkipVerify: r.opportunistic,
 		MinVersion:         tls.VersionTLS12,
 	}
+}
+
+// checkCertificate reports whether the certificate of the upstream t on tc
+// (handshake done) verifies against the roots and its name. Without
+// opportunistic TLS the handshake verified it already; with it (RFC 7435:
+// encryption without authentication beats none) the connection is used
+// either way, and this says which it is.
+func (r *Relay) checkCertificate(tc *tls.Conn, t target) bool {
+	if !r.opportunistic {
+		return true
+	}
+	certs := tc.ConnectionState().PeerCertificates
+	err := errors.New("no certificate")
+	if len(certs) > 0 {
+		opts := x509.VerifyOptions{Roots: r.roots, DNSName: r.serverName(t.name), Intermediates: x509.NewCertPool()}
+		for _, c := range certs[1:] {
+			opts.Intermediates.AddCert(c)
+		}
+		_, err = certs[0].Verify(opts)
+	}
+	if err != nil {
+		if ce := r.logger.Check(zap.DebugLevel, "upstream certificate not verified; TLS used all the same"); ce != nil {
+			ce.Write(zap.String("upstream", t.addr), zap.String("name", r.serverName(t.name)), zap.Error(err))
+		}
+		return false
+	}
+	return true
 }
 
 // commandTimeout is the timeout of one upstream command, never past the
@@ -277,11 +317,18 @@ func upstreamReply(e *smtp.SMTPError) *session.Reply {
 	return r
 }
 
-// reply for an error of an SMTP client call: the upstream's reply when it
-// answered, else the connection is gone.
+// replyFor is the reply for an error of an SMTP client call, and whether
+// the connection is still good for the next command: the upstream's reply
+// when it answered, else the connection is gone. A 421 is the upstream
+// closing the connection (RFC 5321 3.8): passed on as such it would tell
+// the client that our session ends, so it is 451 4.4.2 instead, and the
+// connection is done.
 func replyFor(err error) (*session.Reply, bool) {
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
+		if se.Code == 421 {
+			return replyUpClosed, false
+		}
 		return upstreamReply(se), true
 	}
 	return replyConnLost, false
