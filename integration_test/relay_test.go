@@ -103,7 +103,10 @@ func TestRelayToSecondCaddy(t *testing.T) {
 	if err := c.Auth(sasl.NewPlainClient("", "alice", testPassword)); err != nil {
 		t.Fatalf("AUTH as alice: %v", err)
 	}
-	if err := c.Mail("alice@client.test", &smtp.MailOptions{Return: smtp.DSNReturnHeaders, EnvelopeID: "env-1"}); err != nil {
+	// AUTH= as Exim and sendmail send it after logging in (RFC 4954 5):
+	// accepted by A, passed on to B, which offers AUTH, and accepted there.
+	authParam := "alice@client.test"
+	if err := c.Mail("alice@client.test", &smtp.MailOptions{Return: smtp.DSNReturnHeaders, EnvelopeID: "env-1", Auth: &authParam}); err != nil {
 		t.Fatalf("MAIL: %v", err)
 	}
 	if err := c.Rcpt("bob@example.test", &smtp.RcptOptions{Notify: []smtp.DSNNotify{smtp.DSNNotifyFailure}}); err != nil {

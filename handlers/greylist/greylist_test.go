@@ -39,7 +39,7 @@ func TestGreylist(t *testing.T) {
 	c.Cmd("MAIL FROM:<a@client.test>", "250 ")
 	c.Cmd("RCPT TO:<b@example.test>", greylisted)
 	c.Cmd("RCPT TO:<c@example.test>", greylisted) // one reply per new triplet
-	c.Cmd("DATA", "503 ")                         // no recipient accepted
+	c.Cmd("DATA", "554 5.5.1 ")                   // no recipient accepted: no valid recipients
 	clk.Advance(4 * time.Minute)
 	c.Cmd("RCPT TO:<b@example.test>", greylisted) // too early: the first try counts
 	clk.Advance(time.Minute)
