@@ -139,6 +139,11 @@ func (s *Session) ID() string { return s.id }
 // RemoteAddr returns the client's address.
 func (s *Session) RemoteAddr() net.Addr { return s.remote }
 
+// RemoteIP returns the client's IP address (IPv4 unmapped), the real
+// client's behind a PROXY protocol handler or XCLIENT; the zero Addr when
+// the connection has none (a unix socket).
+func (s *Session) RemoteIP() netip.Addr { return remoteIP(s.remote) }
+
 // LocalAddr returns the server's address.
 func (s *Session) LocalAddr() net.Addr { return s.local }
 
