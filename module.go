@@ -21,6 +21,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"go.uber.org/zap"
 
+	"github.com/caddy-esmtp/caddy-esmtp/handlers/match"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 
 	// Every sub-handler of this repository, so that
@@ -31,7 +32,6 @@ import (
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/exec"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/greylist"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/maildir"
-	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/match"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/rate_limit"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/recipients"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/relay"
@@ -155,18 +155,14 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 // Provision loads the sub-handlers and builds the engine.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger(h)
-	var handlers []session.Handler
+	var handlers []session.SubHandler
 	if h.HandlersRaw != nil {
 		mods, err := ctx.LoadModule(h, "HandlersRaw")
 		if err != nil {
 			return fmt.Errorf("loading esmtp sub-handlers: %v", err)
 		}
 		for _, m := range mods.([]any) {
-			name := ""
-			if cm, ok := m.(caddy.Module); ok {
-				name = cm.CaddyModule().ID.Name()
-			}
-			handlers = append(handlers, session.Handler{Name: name, Handler: m})
+			handlers = append(handlers, match.Expand(m)...)
 		}
 	}
 	hostname := h.Hostname

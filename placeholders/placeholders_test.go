@@ -26,7 +26,7 @@ func TestPlaceholders(t *testing.T) {
 		tmpl: "{esmtp.remote_ip}|{esmtp.remote}|{esmtp.helo}|{esmtp.tls}|{esmtp.auth_user}|{esmtp.from}|{esmtp.rcpt}|{esmtp.rcpt.local}|{esmtp.rcpt.domain}|{esmtp.queue_id}",
 		got:  make(chan string, 1),
 	}
-	srv := smtptest.NewServer(t, session.Config{Handlers: []session.Handler{{Name: "x", Handler: e}}})
+	srv := smtptest.NewServer(t, session.Config{Handlers: []session.SubHandler{{Name: "x", Handler: e}}})
 	remote := &net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 4321}
 	c := srv.Pipe(session.ConnInfo{RemoteAddr: remote})
 	var last string

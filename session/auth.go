@@ -61,6 +61,9 @@ func decodeSASL(b64 []byte) ([]byte, error) {
 // session, with them (none when no hook offers any).
 func (s *Session) authHookFor() (hooked[AuthHook], []string) {
 	for _, hk := range s.srv.hooks.auth {
+		if !s.matches(hk.match, scopeSession, Path{}) {
+			continue
+		}
 		var m []string
 		if s.safely("auth mechanisms", hk.name, func() { m = hk.h.AuthMechanisms(s) }) && len(m) > 0 {
 			return hk, supportedMechanisms(m)

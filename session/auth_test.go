@@ -83,7 +83,7 @@ func startAuth(t *testing.T, cfg Config) (*testSession, *testAuth, *authUserSeen
 	auth := &testAuth{users: map[string]string{"alice": "s3cret", "bob": "hunter2"}, insecure: true}
 	seen := &authUserSeen{}
 	cfg.Hostname = "mx.example.org"
-	cfg.Handlers = append([]Handler{{Name: "auth", Handler: auth}, {Name: "seen", Handler: seen}}, cfg.Handlers...)
+	cfg.Handlers = append([]SubHandler{{Name: "auth", Handler: auth}, {Name: "seen", Handler: seen}}, cfg.Handlers...)
 	ts := start(t, cfg)
 	r := ts.cmd("EHLO client.example", 250, "")
 	if !hasKeyword(r, "AUTH") || r.texts[len(r.texts)-1] != "AUTH PLAIN LOGIN" {
@@ -193,7 +193,7 @@ func TestAuthNeedsTLS(t *testing.T) {
 	auth := &testAuth{users: map[string]string{"alice": "s3cret"}}
 	seen := &authUserSeen{}
 	ts := start(t, Config{Hostname: "mx.example.org", TLSConfig: serverTLS,
-		Handlers: []Handler{{Name: "auth", Handler: auth}, {Name: "seen", Handler: seen}}})
+		Handlers: []SubHandler{{Name: "auth", Handler: auth}, {Name: "seen", Handler: seen}}})
 	r := ts.cmd("EHLO client.example", 250, "")
 	if hasKeyword(r, "AUTH") {
 		t.Fatalf("AUTH advertised before TLS: %q", r.raw)

@@ -13,8 +13,8 @@ import (
 
 // countHeaders is a sub-handler that only counts header fields, so the
 // test itself keeps nothing.
-func countHeaders(n *atomic.Int64) Handler {
-	return Handler{Name: "count", Handler: headerFunc(func(ctx context.Context, s *Session, h HeaderField) error {
+func countHeaders(n *atomic.Int64) SubHandler {
+	return SubHandler{Name: "count", Handler: headerFunc(func(ctx context.Context, s *Session, h HeaderField) error {
 		n.Add(1)
 		return nil
 	})}
@@ -28,7 +28,7 @@ func TestHugeHeaderBounded(t *testing.T) {
 	const maxHeader = 1 << 20
 	var n atomic.Int64
 	ts := start(t, Config{MaxMessageSize: 64 << 20, MaxLineLength: 32 << 20, MaxHeaderSize: maxHeader,
-		Handlers: []Handler{countHeaders(&n)}})
+		Handlers: []SubHandler{countHeaders(&n)}})
 	ts.ehlo()
 	line := " " + strings.Repeat("f", 75) + "\r\n"
 	for name, field := range map[string]string{
@@ -57,7 +57,7 @@ func TestHugeHeaderBounded(t *testing.T) {
 // they complete; the engine holds one at a time.
 func TestManyHeaderLinesBounded(t *testing.T) {
 	var n atomic.Int64
-	ts := start(t, Config{MaxMessageSize: 64 << 20, Handlers: []Handler{countHeaders(&n)}})
+	ts := start(t, Config{MaxMessageSize: 64 << 20, Handlers: []SubHandler{countHeaders(&n)}})
 	ts.ehlo()
 	ts.mailTo("b@example.com")
 	var b strings.Builder

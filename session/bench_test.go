@@ -47,7 +47,7 @@ func (r *repeatReader) Read(p []byte) (int, error) {
 // BenchmarkCommandParse runs pipelined MAIL/RCPT/RCPT/RSET batches through a
 // session: one op is one batch of four commands and replies.
 func BenchmarkCommandParse(b *testing.B) {
-	srv, err := NewServer(Config{})
+	srv, err := newServer(Config{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -138,7 +138,7 @@ func BenchmarkHeaderSplit(b *testing.B) {
 		headerFunc(func(ctx context.Context, s *Session, f HeaderField) error { headers++; return nil }),
 		bodyFunc(func(ctx context.Context, s *Session, c []byte) error { chunks++; return nil }),
 	}
-	srv, err := NewServer(Config{ChunkSize: 4096, Handlers: []Handler{{Name: "h", Handler: h}}})
+	srv, err := newServer(Config{ChunkSize: 4096, Handlers: []SubHandler{{Name: "h", Handler: h}}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func BenchmarkHeaderSplit(b *testing.B) {
 	b.SetBytes(int64(len(msg)))
 	b.ReportAllocs()
 	for b.Loop() {
-		s.asm.reset(s, s.ctx)
+		s.asm.reset(s, s.ctx, nil)
 		for in := msg; len(in) > 0; {
 			n := min(len(in), 4096)
 			s.asm.write(in[:n])
@@ -201,7 +201,7 @@ func (endOK) EndOfMessage(ctx context.Context, s *Session) (*Reply, error) {
 // engine.
 func BenchmarkSession(b *testing.B) {
 	core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(io.Discard), zap.InfoLevel)
-	srv, err := NewServer(Config{Hostname: "mx.example.test", Logger: zap.New(core), Handlers: []Handler{{Name: "ok", Handler: endOK{}}}})
+	srv, err := newServer(Config{Hostname: "mx.example.test", Logger: zap.New(core), Handlers: []SubHandler{{Name: "ok", Handler: endOK{}}}})
 	if err != nil {
 		b.Fatal(err)
 	}

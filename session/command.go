@@ -236,7 +236,7 @@ func (s *Session) cmdMail(arg string) *Reply {
 	txn.Start = time.Now()
 	txn.ID = newID(txn.Start)
 	s.txn = txn
-	r := ask(s, "mail", s.srv.hooks.mail, func(ctx context.Context, h MailHook) (*Reply, error) {
+	r := askIn(s, "mail", s.srv.hooks.mail, scopeSender, path, func(ctx context.Context, h MailHook) (*Reply, error) {
 		return h.Mail(ctx, s, path, params)
 	})
 	if r != nil && r.Code >= 400 {
@@ -279,9 +279,14 @@ func (s *Session) cmdRcpt(arg string) *Reply {
 	if len(s.txn.Recipients) >= s.cfg.MaxRecipients {
 		return replyTooManyRcpts
 	}
-	r := ask(s, "rcpt", s.srv.hooks.rcpt, func(ctx context.Context, h RcptHook) (*Reply, error) {
+	r := askIn(s, "rcpt", s.srv.hooks.rcpt, scopeRecipient, path, func(ctx context.Context, h RcptHook) (*Reply, error) {
 		return h.Rcpt(ctx, s, path, params)
 	})
+	if r == nil || r.Code < 400 {
+		if !s.delivered(path) {
+			r = replyNoDelivery
+		}
+	}
 	if r != nil && r.Code >= 400 {
 		s.txn.refused++
 		return r
@@ -308,7 +313,7 @@ func (s *Session) dataAllowed() *Reply {
 
 // askData runs the DataHooks; a rejection aborts the transaction.
 func (s *Session) askData() *Reply {
-	r := ask(s, "data", s.srv.hooks.data, func(ctx context.Context, h DataHook) (*Reply, error) {
+	r := askMessage(s, "data", s.srv.hooks.data, func(ctx context.Context, h DataHook) (*Reply, error) {
 		return h.Data(ctx, s)
 	})
 	if r != nil && r.Code >= 400 {
@@ -522,14 +527,17 @@ func (s *Session) chunk(size int64, keep bool) error {
 // gives the sub-handlers the Received: field and any added fields.
 func (s *Session) startMessage(dot bool) {
 	s.dec.reset(dot, s.cfg.BareLineEndings == BareNormalize, s.cfg.MaxLineLength)
-	s.asm.reset(s, s.ctx)
+	if s.srv.hooks.spools {
+		s.txn.sp = newSpool(s.srv)
+	}
+	s.asm.reset(s, s.ctx, s.txn.sp)
 	s.startDataBudget()
 	if !s.asm.stream {
 		return
 	}
-	s.emitHeader(&s.asm, s.receivedField())
+	s.asm.addedField(s.receivedField())
 	for _, h := range s.txn.added {
-		s.emitHeader(&s.asm, h)
+		s.asm.addedField(h)
 	}
 }
 
@@ -550,20 +558,19 @@ func (s *Session) endMessage() {
 		r = replyTooBig
 	case s.asm.failure != nil:
 		r = replyFromError(s.asm.failure)
+	case txn.sp != nil && txn.sp.failure() != nil:
+		s.log.Error("spooling the message failed", zap.String("session", s.id), zap.String("queue_id", txn.ID),
+			zap.Error(txn.sp.err))
+		r = errSpoolReply
 	default:
-		r = ask(s, "end of message", s.srv.hooks.message, func(ctx context.Context, h MessageHook) (*Reply, error) {
-			return h.EndOfMessage(ctx, s)
-		})
-		if r == nil {
-			r = NewReply(250, "2.0.0", txn.ID+" Message accepted for delivery")
-		}
+		r = s.judgeAndDeliver()
 	}
 	if r.Code >= 400 {
 		s.abort(errRejected)
 	} else {
 		s.messages++
 		s.strikes = 0 // a client that delivers mail is not misbehaving
-		s.txn = nil
+		s.endTransaction()
 	}
 	s.logMessage(txn, r)
 	s.cfg.Observer.Message(r.Code, txn.Size, len(txn.Recipients))
@@ -579,103 +586,6 @@ func replyFromError(err error) *Reply {
 		return r
 	}
 	return replyHandlerFailed
-}
-
-// hookContext is the context hooks get: one per session rather than one
-// per call (a timer and five allocations each), renewed when less than
-// 15/16 of HandlerTimeout is left, so each call has at least that much
-// before its context is done. invoke fails a call that returns after its
-// context is done or after the whole HandlerTimeout.
-func (s *Session) hookContext() context.Context {
-	now := time.Now()
-	if s.streamCtx == nil || s.streamDeadline.Sub(now) < s.cfg.HandlerTimeout-s.cfg.HandlerTimeout/16 {
-		if s.streamCancel != nil {
-			s.streamCancel()
-		}
-		s.streamDeadline = now.Add(s.cfg.HandlerTimeout)
-		s.streamCtx, s.streamCancel = context.WithDeadline(s.ctx, s.streamDeadline)
-	}
-	return s.streamCtx
-}
-
-func (s *Session) emitHeader(a *assembler, h HeaderField) {
-	for _, hk := range s.srv.hooks.header {
-		if r := invoke(s, "header", hk, s.hookContext(), func(ctx context.Context, h2 HeaderHook) (*Reply, error) {
-			return nil, h2.Header(ctx, s, h)
-		}); r != nil {
-			a.fail(r)
-			return
-		}
-	}
-}
-
-func (s *Session) emitEndOfHeaders(a *assembler, raw []byte) {
-	for _, hk := range s.srv.hooks.endOfHeaders {
-		if r := invoke(s, "end of headers", hk, s.hookContext(), func(ctx context.Context, h EndOfHeadersHook) (*Reply, error) {
-			return nil, h.EndOfHeaders(ctx, s, raw)
-		}); r != nil {
-			a.fail(r)
-			return
-		}
-	}
-}
-
-func (s *Session) emitBody(a *assembler, chunk []byte) {
-	for _, hk := range s.srv.hooks.body {
-		if r := invoke(s, "body", hk, s.hookContext(), func(ctx context.Context, h BodyHook) (*Reply, error) {
-			return nil, h.Body(ctx, s, chunk)
-		}); r != nil {
-			a.fail(r)
-			return
-		}
-	}
-}
-
-// ask calls the hooks in order until one has an opinion.
-func ask[H any](s *Session, event string, hooks []hooked[H], call func(context.Context, H) (*Reply, error)) *Reply {
-	for _, hk := range hooks {
-		if r := invoke(s, event, hk, nil, call); r != nil {
-			return r
-		}
-	}
-	return nil
-}
-
-// invoke calls one hook with ctx (nil: hookContext), failing closed: an error, a panic, an invalid
-// reply or a call that ran past HandlerTimeout gives 451 4.3.0. A *Reply
-// returned as the error is used as the reply.
-func invoke[H any](s *Session, event string, hk hooked[H], ctx context.Context, call func(context.Context, H) (*Reply, error)) (r *Reply) {
-	if ctx == nil {
-		ctx = s.hookContext()
-	}
-	start := time.Now()
-	defer func() {
-		if p := recover(); p != nil {
-			s.logPanic(event, hk.name, p)
-			r = replyHandlerFailed
-		}
-	}()
-	r, err := call(ctx, hk.h)
-	took := time.Since(start)
-	s.cfg.Observer.Hook(hk.name, event, took)
-	if err == nil && (ctx.Err() != nil || took > s.cfg.HandlerTimeout) {
-		err = context.DeadlineExceeded
-	}
-	if err != nil {
-		var rep *Reply
-		if errors.As(err, &rep) && rep.valid() && rep.Code >= 400 {
-			return rep
-		}
-		s.log.Error("sub-handler failed", zap.String("session", s.id), zap.String("event", event),
-			zap.String("handler", hk.name), zap.Error(err))
-		return replyHandlerFailed
-	}
-	if r != nil && !r.valid() {
-		s.log.Error("sub-handler gave an invalid reply", zap.String("session", s.id), zap.String("event", event),
-			zap.String("handler", hk.name), zap.Int("code", r.Code), zap.String("enhanced", r.Enhanced))
-		return replyHandlerFailed
-	}
-	return r
 }
 
 // logMessage writes the one info line per message.

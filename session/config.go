@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"time"
 
 	"go.uber.org/zap"
@@ -28,6 +29,8 @@ const (
 	DefaultMaxHeaderSize  = 1 << 20
 	DefaultHandlerTimeout = 2 * time.Minute
 	DefaultGracePeriod    = 30 * time.Second
+	// DefaultSpoolMemory bounds the memory of all of a Server's spools.
+	DefaultSpoolMemory = 64 << 20
 	// DefaultMaxConnections bounds the sessions on one port. Postfix runs
 	// at most 100 smtpd processes (default_process_limit); a session here
 	// is a goroutine of about 12 KiB idle and 200 KiB in DATA, so ten times
@@ -55,12 +58,15 @@ const (
 	BareNormalize BareLineEndings = "normalize"
 )
 
-// Handler is one named sub-handler in the ordered list of a Server.
-type Handler struct {
-	// Name names the sub-handler in logs ("maildir").
+// SubHandler is one named sub-handler in the ordered list of a Server.
+type SubHandler struct {
+	// Name names the sub-handler in logs and metrics ("maildir").
 	Name string
 	// Handler implements one or more of the hook interfaces.
 	Handler any
+	// Match, when set, limits the sub-handler to the sessions, senders
+	// and recipients it matches (see Matcher); nil: everything.
+	Match Matcher
 }
 
 // Config configures a Server. Zero values take the defaults above.
@@ -132,8 +138,16 @@ type Config struct {
 	LogTranscript bool
 	// Observer receives measurements for metrics; nil: none.
 	Observer Observer
+	// SpoolMemory bounds the memory that the spools of all this Server's
+	// messages hold at once, in bytes; a message that does not fit (or is
+	// over 1 MiB) is spooled to an unlinked file in SpoolDir. Default 64
+	// MiB.
+	SpoolMemory int64
+	// SpoolDir is where spool files are made; default the system's
+	// temporary directory.
+	SpoolDir string
 	// Handlers are the sub-handlers, asked in this order.
-	Handlers []Handler
+	Handlers []SubHandler
 	// Logger receives one line per message and per session, and the
 	// transcript at debug level. Nil means no logging.
 	Logger *zap.Logger
@@ -165,6 +179,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxConnectionsPerIP == 0 {
 		c.MaxConnectionsPerIP = DefaultMaxConnectionsPerIP
+	}
+	if c.SpoolMemory == 0 {
+		c.SpoolMemory = DefaultSpoolMemory
 	}
 	if c.MinDataRate == 0 {
 		c.MinDataRate = DefaultMinDataRate
@@ -207,6 +224,12 @@ func (c Config) withDefaults() (Config, error) {
 	check(c.MaxErrors > 0, "max_errors", "must be positive, got %d", c.MaxErrors)
 	check(c.CommandTimeout > 0, "command_timeout", "must be positive, got %s", c.CommandTimeout)
 	check(c.DataTimeout > 0, "data_timeout", "must be positive, got %s", c.DataTimeout)
+	check(c.SpoolMemory > 0, "spool_memory", "must be positive, got %d", c.SpoolMemory)
+	if c.SpoolDir != "" {
+		if fi, err := os.Stat(c.SpoolDir); err != nil || !fi.IsDir() {
+			errs = append(errs, fmt.Errorf("spool_dir: %q is not a directory", c.SpoolDir))
+		}
+	}
 	check(c.MinDataRate > 0, "min_data_rate", "must be positive, got %d", c.MinDataRate)
 	check(c.ChunkSize >= 512 && c.ChunkSize <= 16<<20, "chunk_size", "must be between 512 B and 16 MiB, got %d", c.ChunkSize)
 	check(c.MaxLineLength >= 998, "max_line_length", "must be at least 998 (RFC 5322), got %d", c.MaxLineLength)

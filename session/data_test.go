@@ -41,7 +41,7 @@ func splitReceived(t *testing.T, rec *recorder) (received []byte, rest []byte) {
 
 func TestDotUnstuffingAndEnd(t *testing.T) {
 	rec := &recorder{}
-	ts := start(t, Config{Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	ts := start(t, Config{Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	ts.ehlo()
 	for _, c := range []struct{ raw, want string }{
 		{".\r\n", ""},            // "." as the very first line
@@ -70,7 +70,7 @@ func TestDotUnstuffingAndEnd(t *testing.T) {
 
 func TestCRCRLFNotMerged(t *testing.T) {
 	rec := &recorder{}
-	ts := start(t, Config{BareLineEndings: BareNormalize, Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	ts := start(t, Config{BareLineEndings: BareNormalize, Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	ts.ehlo()
 	ts.mailTo("b@example.com")
 	ts.sendData("\r\nab\r\r\ncd\r\n.\r\n")
@@ -109,7 +109,7 @@ func TestSmugglingRejected(t *testing.T) {
 	for _, v := range smuggling {
 		t.Run(v.name, func(t *testing.T) {
 			rec := &recorder{}
-			ts := start(t, Config{Handlers: []Handler{{Name: "rec", Handler: rec}}})
+			ts := start(t, Config{Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 			ts.ehlo()
 			ts.mailTo("b@example.com")
 			ts.sendData("Subject: hi\r\n\r\nbody" + v.seq + smuggled + ".\r\n")
@@ -139,7 +139,7 @@ func TestSmugglingNormalized(t *testing.T) {
 	for _, v := range smuggling {
 		t.Run(v.name, func(t *testing.T) {
 			rec := &recorder{}
-			ts := start(t, Config{BareLineEndings: BareNormalize, Handlers: []Handler{{Name: "rec", Handler: rec}}})
+			ts := start(t, Config{BareLineEndings: BareNormalize, Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 			ts.ehlo()
 			ts.mailTo("b@example.com")
 			ts.sendData("Subject: hi\r\n\r\nbody" + v.seq + smuggled + ".\r\n")
@@ -168,7 +168,7 @@ func TestSmugglingNormalized(t *testing.T) {
 
 func TestSmuggledCommandNeverAnswered(t *testing.T) {
 	rec := &recorder{}
-	ts := start(t, Config{Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	ts := start(t, Config{Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	ts.ehlo()
 	ts.mailTo("b@example.com")
 	// the whole thing in one write, as an attacker would
@@ -223,7 +223,7 @@ func TestPipelinedBatchOneWrite(t *testing.T) {
 
 func TestDataBefore354(t *testing.T) {
 	rec := &recorder{}
-	ts := start(t, Config{Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	ts := start(t, Config{Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	ts.ehlo()
 	ts.send("MAIL FROM:<a@example.com>", "RCPT TO:<b@example.com>", "DATA", "Subject: early", "", "body", ".")
 	ts.expect(250, "2.1.0")
@@ -238,7 +238,7 @@ func TestDataBefore354(t *testing.T) {
 
 func TestSizeEnforcedWhileStreaming(t *testing.T) {
 	rec := &recorder{}
-	ts := start(t, Config{MaxMessageSize: 2000, ChunkSize: 512, Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	ts := start(t, Config{MaxMessageSize: 2000, ChunkSize: 512, Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	ts.ehlo()
 	ts.mailTo("b@example.com")
 	body := strings.Repeat(strings.Repeat("x", 70)+"\r\n", 100)
@@ -274,7 +274,7 @@ func TestSizeEnforcedWhileStreaming(t *testing.T) {
 
 func TestLongDataLine(t *testing.T) {
 	rec := &recorder{}
-	ts := start(t, Config{MaxLineLength: 1000, Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	ts := start(t, Config{MaxLineLength: 1000, Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	ts.ehlo()
 	ts.mailTo("b@example.com")
 	ts.sendData("\r\n" + strings.Repeat("a", 1000) + "\r\n.\r\n")
@@ -299,7 +299,7 @@ func (ts *testSession) bdat(chunk string, last bool) {
 
 func TestBdat(t *testing.T) {
 	rec := &recorder{}
-	ts := start(t, Config{ChunkSize: 512, Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	ts := start(t, Config{ChunkSize: 512, Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	ts.ehlo()
 	ts.mailTo("b@example.com")
 	// byte-exact: dots are not unstuffed, "\r\n.\r\n" is not an end, and
@@ -398,7 +398,7 @@ func TestBdat(t *testing.T) {
 
 func TestBdatErrors(t *testing.T) {
 	rec := &recorder{}
-	ts := start(t, Config{MaxMessageSize: 1000, Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	ts := start(t, Config{MaxMessageSize: 1000, Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	ts.ehlo()
 	ts.mailTo("b@example.com")
 	ts.bdat(strings.Repeat("x", 600), false)
@@ -472,7 +472,7 @@ func testMessage(n int, seed uint64) string {
 // every byte must reach the hooks or the command parser, in order.
 func TestLargeReaderSwap(t *testing.T) {
 	rec := &recorder{}
-	ts := start(t, Config{Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	ts := start(t, Config{Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	ts.ehlo()
 	var body strings.Builder
 	for i := 0; body.Len() < 3*dataReaderSize+100; i++ {

@@ -43,7 +43,9 @@ func (s *Session) advertises(keyword string) bool {
 func (s *Session) extensions() []string {
 	var out []string
 	for _, h := range s.srv.hooks.ext {
-		s.safely("extensions", h.name, func() { out = append(out, h.h.Extensions(s)...) })
+		if s.matches(h.match, scopeSession, Path{}) {
+			s.safely("extensions", h.name, func() { out = append(out, h.h.Extensions(s)...) })
+		}
 	}
 	return out
 }

@@ -15,7 +15,7 @@ func (f extFunc) Extensions(s *Session) []string { return f(s) }
 // dsnConfig returns a config whose sub-handlers advertise DSN and record
 // the parameters of the last transaction at end of message.
 func dsnConfig(got *Transaction) Config {
-	return Config{MaxErrors: 100, Handlers: []Handler{
+	return Config{MaxErrors: 100, Handlers: []SubHandler{
 		{Name: "ext", Handler: extFunc(func(*Session) []string { return []string{"DSN"} })},
 		{Name: "eom", Handler: eomFunc(func(_ context.Context, s *Session) (*Reply, error) {
 			t := s.Transaction()
@@ -26,7 +26,7 @@ func dsnConfig(got *Transaction) Config {
 }
 
 func TestDSNNotAdvertised(t *testing.T) {
-	ts := start(t, Config{Handlers: []Handler{
+	ts := start(t, Config{Handlers: []SubHandler{
 		{Name: "ext", Handler: extFunc(func(*Session) []string { return []string{"XFOO"} })},
 	}})
 	r := ts.cmd("EHLO client.example", 250, "")
@@ -136,7 +136,7 @@ func TestDSNSyntax(t *testing.T) {
 // TestDSNPerSession checks that DSN is accepted only in the sessions whose
 // sub-handlers advertise it.
 func TestDSNPerSession(t *testing.T) {
-	srv, err := NewServer(Config{Handlers: []Handler{
+	srv, err := newServer(Config{Handlers: []SubHandler{
 		{Name: "ext", Handler: extFunc(func(s *Session) []string {
 			if s.Helo() == "dsn.example" {
 				return []string{"DSN"}

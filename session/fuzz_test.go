@@ -55,8 +55,8 @@ func FuzzCommandLine(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	ck := &checker{chunkSize: 512}
-	srv, err := NewServer(Config{ChunkSize: 512, MaxMessageSize: 4096, MaxErrors: 1000,
-		Handlers: []Handler{{Name: "check", Handler: ck}}})
+	srv, err := newServer(Config{ChunkSize: 512, MaxMessageSize: 4096, MaxErrors: 1000,
+		Handlers: []SubHandler{{Name: "check", Handler: ck}}})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -322,7 +322,7 @@ func FuzzBdatDecoder(f *testing.F) {
 		f.Add([]byte(s), uint64(len(s)), true)
 	}
 	rec := &recorder{}
-	srv, err := NewServer(Config{ChunkSize: 512, Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	srv, err := newServer(Config{ChunkSize: 512, Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -334,7 +334,7 @@ func FuzzBdatDecoder(f *testing.F) {
 			wantProblem = true // the last chunk's trailing CR is bare
 		}
 		rec.reset() // a worker runs one input at a time
-		s.asm.reset(s, s.ctx)
+		s.asm.reset(s, s.ctx, nil)
 		var d decoder
 		d.reset(false, normalize, 1<<30)
 		sink := &checkSink{t: t, d: &d, asm: &s.asm}

@@ -47,7 +47,7 @@ func TestMailAuthParam(t *testing.T) {
 	})
 	t.Run("before login", func(t *testing.T) {
 		seen := &mailParamsSeen{}
-		ts, _, _ := startAuth(t, Config{Handlers: []Handler{{Name: "params", Handler: seen}}})
+		ts, _, _ := startAuth(t, Config{Handlers: []SubHandler{{Name: "params", Handler: seen}}})
 		ts.cmd("MAIL FROM:<a@b.test> AUTH=alice+40example.test", 250, "2.1.0")
 		if v := seen.last(t, "AUTH"); v != "<>" {
 			t.Fatalf("AUTH= from an unauthenticated client kept as %q, want <> (RFC 4954 5)", v)
@@ -55,7 +55,7 @@ func TestMailAuthParam(t *testing.T) {
 	})
 	t.Run("after login", func(t *testing.T) {
 		seen := &mailParamsSeen{}
-		ts, _, _ := startAuth(t, Config{Handlers: []Handler{{Name: "params", Handler: seen}}})
+		ts, _, _ := startAuth(t, Config{Handlers: []SubHandler{{Name: "params", Handler: seen}}})
 		ts.cmd("AUTH PLAIN "+plain("", "alice", "s3cret"), 235, "2.7.0")
 		ts.cmd("MAIL FROM:<a@b.test> AUTH=alice+40example.test", 250, "2.1.0")
 		if v := seen.last(t, "AUTH"); v != "alice+40example.test" {
@@ -93,7 +93,7 @@ func (refuseUnknown) Rcpt(_ context.Context, _ *Session, to Path, _ Params) (*Re
 // toward MaxErrors, and what counts is forgotten after a delivered message,
 // so a long-lived connection from a real MTA is not cut.
 func TestMaxErrorsCountsProtocolErrorsOnly(t *testing.T) {
-	ts := start(t, Config{MaxErrors: 2, Handlers: []Handler{{Name: "refuse", Handler: refuseUnknown{}}}})
+	ts := start(t, Config{MaxErrors: 2, Handlers: []SubHandler{{Name: "refuse", Handler: refuseUnknown{}}}})
 	ts.ehlo()
 	for i := 0; i < 6; i++ {
 		ts.cmd("MAIL FROM:<a@b.test>", 250, "2.1.0")
@@ -121,7 +121,7 @@ func TestMaxErrorsCountsProtocolErrorsOnly(t *testing.T) {
 func TestDripFedDataIsCut(t *testing.T) {
 	cfg := func(rec *recorder) Config {
 		return Config{DataTimeout: 400 * time.Millisecond, CommandTimeout: 5 * time.Second,
-			MinDataRate: 1000, Handlers: []Handler{{Name: "rec", Handler: rec}}}
+			MinDataRate: 1000, Handlers: []SubHandler{{Name: "rec", Handler: rec}}}
 	}
 	drip := func(ts *testSession, s string) {
 		for i := 0; i < len(s); i++ {
@@ -201,7 +201,7 @@ func TestMalformedBdatCloses(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			rec := &recorder{}
-			ts := start(t, Config{Handlers: []Handler{{Name: "rec", Handler: rec}}})
+			ts := start(t, Config{Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 			ts.ehlo()
 			ts.mailTo("b@example.test")
 			ts.sendRaw(line + "RSET\r\nNOOP\r\n")
@@ -243,7 +243,7 @@ func (p panicky) Extensions(*Session) []string {
 // fails that call closed, and the session goes on.
 func TestPanicsInEveryCallFailClosed(t *testing.T) {
 	t.Run("mechanisms", func(t *testing.T) {
-		ts := start(t, Config{Handlers: []Handler{{Name: "p", Handler: panicky{at: "mechanisms"}}}})
+		ts := start(t, Config{Handlers: []SubHandler{{Name: "p", Handler: panicky{at: "mechanisms"}}}})
 		r := ts.cmd("EHLO client.example", 250, "")
 		if hasKeyword(r, "AUTH") || !hasKeyword(r, "XPANICKY") {
 			t.Fatalf("EHLO %q: want no AUTH and the other keywords", r.raw)
@@ -252,13 +252,13 @@ func TestPanicsInEveryCallFailClosed(t *testing.T) {
 		ts.cmd("NOOP", 250, "2.0.0")
 	})
 	t.Run("authenticate", func(t *testing.T) {
-		ts := start(t, Config{Handlers: []Handler{{Name: "p", Handler: panicky{at: "authenticate"}}}})
+		ts := start(t, Config{Handlers: []SubHandler{{Name: "p", Handler: panicky{at: "authenticate"}}}})
 		ts.ehlo()
 		ts.cmd("AUTH PLAIN "+plain("", "a", "b"), 454, "4.7.0")
 		ts.cmd("NOOP", 250, "2.0.0")
 	})
 	t.Run("extensions", func(t *testing.T) {
-		ts := start(t, Config{Handlers: []Handler{{Name: "p", Handler: panicky{at: "extensions"}}}})
+		ts := start(t, Config{Handlers: []SubHandler{{Name: "p", Handler: panicky{at: "extensions"}}}})
 		r := ts.cmd("EHLO client.example", 250, "")
 		if hasKeyword(r, "XPANICKY") || !hasKeyword(r, "AUTH") {
 			t.Fatalf("EHLO %q: want the keyword left out, AUTH kept", r.raw)
@@ -283,7 +283,7 @@ func (o *panickyObserver) Message(int, int64, int) {
 // the engine, returns it as an error, and the server serves the next
 // session.
 func TestEnginePanicEndsOnlyItsSession(t *testing.T) {
-	srv, err := NewServer(Config{Observer: &panickyObserver{}})
+	srv, err := newServer(Config{Observer: &panickyObserver{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,8 +319,8 @@ func TestDrainBoundsBlockedSessions(t *testing.T) {
 			close(cancelled)
 			return nil, ctx.Err()
 		})
-		srv, _ := NewServer(Config{GracePeriod: 200 * time.Millisecond, HandlerTimeout: time.Hour,
-			Handlers: []Handler{{Name: "slow", Handler: hook}}})
+		srv, _ := newServer(Config{GracePeriod: 200 * time.Millisecond, HandlerTimeout: time.Hour,
+			Handlers: []SubHandler{{Name: "slow", Handler: hook}}})
 		ts := startOn(t, srv, ConnInfo{})
 		ts.ehlo()
 		ts.mailTo("b@example.test")
@@ -340,7 +340,7 @@ func TestDrainBoundsBlockedSessions(t *testing.T) {
 		}
 	})
 	t.Run("in a write", func(t *testing.T) {
-		srv, _ := NewServer(Config{GracePeriod: 200 * time.Millisecond, CommandTimeout: time.Hour})
+		srv, _ := newServer(Config{GracePeriod: 200 * time.Millisecond, CommandTimeout: time.Hour})
 		sc, cc := net.Pipe() // nobody reads cc: the greeting write blocks
 		defer cc.Close()
 		served := make(chan struct{})
@@ -370,8 +370,8 @@ func TestDrainingSessionsCountAgainstTheNewConfiguration(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	old, _ := NewServer(Config{MaxConnectionsPerIP: 2})
-	replacement, _ := NewServer(Config{MaxConnectionsPerIP: 2})
+	old, _ := newServer(Config{MaxConnectionsPerIP: 2})
+	replacement, _ := newServer(Config{MaxConnectionsPerIP: 2})
 	current := old
 	var mu sync.Mutex
 	go func() {

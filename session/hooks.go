@@ -68,12 +68,89 @@ type BodyHook interface {
 	Body(ctx context.Context, s *Session, chunk []byte) error
 }
 
-// MessageHook is called at end of message, once all data was read and no
-// earlier error failed it. A delivering sub-handler stores the message
-// durably here and returns nil on success, so later sub-handlers are asked
-// too; a 4xx or 5xx reply rejects the message.
+// MessageHook is the judge at end of message, called once all data was
+// read and no earlier error failed it, in configured order, before any
+// delivery. A 4xx or 5xx reply refuses the message (no delivery runs); nil
+// or a 2xx lets the next judge decide. A judge may edit the message, the
+// sender and the recipients (Transaction.PrependHeader, ChangeHeader,
+// ReplaceBody, AddRecipient, ...) and read the message as it is so far
+// (Transaction.Message, when it implements MessageReader). It must not
+// deliver: that is DeliverHook's.
 type MessageHook interface {
 	EndOfMessage(ctx context.Context, s *Session) (*Reply, error)
+}
+
+// DeliverHook delivers a message that every judge accepted. It is called
+// once per message with its own envelope: the final sender and those of
+// the final recipients its Matcher takes, and a reader over the final
+// message (the spool with every edit applied). It returns nil once the
+// message is stored or forwarded durably (fsynced, upstream 250, HTTP
+// 2xx); an error fails the message: a *Reply (4xx or 5xx) is what the
+// client gets, any other error answers 451 4.3.0. Every delivery must
+// succeed for the client to get 250 (see Server for the order).
+//
+// A recipient that no DeliverHook would take (given the matchers) is
+// refused at RCPT with 550 5.1.1: mail is never accepted into nowhere.
+type DeliverHook interface {
+	Deliver(ctx context.Context, s *Session, d *Delivery) error
+}
+
+// PrepareHook is a delivery made in two steps, so that it keeps nothing
+// when another delivery of the message fails: Prepare stores the message
+// durably but invisibly (maildir: a file written and fsynced in tmp/), and
+// the engine calls Commit on the result only once every other delivery
+// succeeded (maildir: the link into new/), Rollback otherwise. Prepares
+// run before the deliveries that cannot be taken back. A sub-handler that
+// implements PrepareHook is not asked to Deliver.
+type PrepareHook interface {
+	Prepare(ctx context.Context, s *Session, d *Delivery) (Prepared, error)
+}
+
+// Prepared is a prepared delivery (see PrepareHook).
+type Prepared interface {
+	// Commit makes the delivery visible; an error answers 451 4.3.0.
+	Commit() error
+	// Rollback removes what Prepare stored.
+	Rollback()
+}
+
+// Delivery is what one DeliverHook or PrepareHook delivers.
+type Delivery struct {
+	// From is the final reverse-path (after any judge changed it).
+	From Path
+	// MailParams are the final MAIL FROM parameters.
+	MailParams Params
+	// Recipients are the final recipients this delivery is for: those of
+	// the transaction its Matcher takes, in order. Never empty.
+	Recipients []Recipient
+	// Message is the final message, our Received: field first, with
+	// every edit applied; readable as many times as needed. Nil only for
+	// a delivery that does not read messages (see MessageReader).
+	Message *Message
+}
+
+// MessageReader tells whether a sub-handler reads the whole message
+// (Transaction.Message, Delivery.Message). The engine spools a message
+// only when some sub-handler does: every DeliverHook and PrepareHook does
+// unless it implements MessageReader and says false (discard); any other
+// sub-handler does only if it implements it and says true (a filter that
+// sends the message to an outside scanner at end of data).
+type MessageReader interface {
+	ReadsMessage() bool
+}
+
+// Matcher limits a sub-handler to some sessions, senders and recipients
+// (SubHandler.Match): the match sub-handler's conditions. The engine asks
+// the sub-handler about session events (connect, HELO, verbs, EHLO
+// keywords, AUTH) when MatchSession holds; MAIL when MatchSender holds
+// too; RCPT when MatchRecipient holds for that recipient too; DATA,
+// header, body and end-of-message events when some recipient of the
+// transaction matches, showing it only those (Transaction.Recipients);
+// and it delivers to it only the recipients that match.
+type Matcher interface {
+	MatchSession(s *Session) bool
+	MatchSender(s *Session, from Path) bool
+	MatchRecipient(s *Session, to Path) bool
 }
 
 // AbortHook is called when a transaction ends without the message being
@@ -111,62 +188,4 @@ type HeaderField struct {
 	// Raw is the field exactly as received, folding and final CRLF
 	// included. Only valid during the call.
 	Raw []byte
-}
-
-// hooked is a hook with the name of its sub-handler, for logs.
-type hooked[H any] struct {
-	name string
-	h    H
-}
-
-// hookSet is the sub-handler list split by hook, built once per Server.
-type hookSet struct {
-	connect      []hooked[ConnectHook]
-	helo         []hooked[HeloHook]
-	mail         []hooked[MailHook]
-	rcpt         []hooked[RcptHook]
-	data         []hooked[DataHook]
-	header       []hooked[HeaderHook]
-	endOfHeaders []hooked[EndOfHeadersHook]
-	body         []hooked[BodyHook]
-	message      []hooked[MessageHook]
-	abort        []hooked[AbortHook]
-	close        []hooked[CloseHook]
-	verb         []hooked[VerbHook]
-	ext          []hooked[ExtensionHook]
-	auth         []hooked[AuthHook]
-}
-
-func collect[H any](handlers []Handler) []hooked[H] {
-	var out []hooked[H]
-	for _, nh := range handlers {
-		if h, ok := nh.Handler.(H); ok {
-			out = append(out, hooked[H]{name: nh.Name, h: h})
-		}
-	}
-	return out
-}
-
-func newHookSet(handlers []Handler) *hookSet {
-	return &hookSet{
-		connect:      collect[ConnectHook](handlers),
-		helo:         collect[HeloHook](handlers),
-		mail:         collect[MailHook](handlers),
-		rcpt:         collect[RcptHook](handlers),
-		data:         collect[DataHook](handlers),
-		header:       collect[HeaderHook](handlers),
-		endOfHeaders: collect[EndOfHeadersHook](handlers),
-		body:         collect[BodyHook](handlers),
-		message:      collect[MessageHook](handlers),
-		abort:        collect[AbortHook](handlers),
-		close:        collect[CloseHook](handlers),
-		verb:         collect[VerbHook](handlers),
-		ext:          collect[ExtensionHook](handlers),
-		auth:         collect[AuthHook](handlers),
-	}
-}
-
-// streams reports whether any sub-handler wants the message content.
-func (hs *hookSet) streams() bool {
-	return len(hs.header) > 0 || len(hs.endOfHeaders) > 0 || len(hs.body) > 0
 }

@@ -15,7 +15,7 @@ func TestEventsInOrder(t *testing.T) {
 		for _, mode := range []string{"DATA", "BDAT"} {
 			rec := &recorder{}
 			ts := start(t, Config{Hostname: "mx.example.org", ChunkSize: 512,
-				Handlers: []Handler{{Name: "rec", Handler: rec}}})
+				Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 			ts.cmd("EHLO client.example", 250, "")
 			ts.mailTo("rcpt@example.com")
 			msg := testMessage(size, uint64(size))
@@ -97,7 +97,7 @@ func TestEventsInOrder(t *testing.T) {
 
 func TestEndOfHeadersWithoutBlankLine(t *testing.T) {
 	rec := &recorder{}
-	ts := start(t, Config{Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	ts := start(t, Config{Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	ts.ehlo()
 	for _, msg := range []string{
 		"Subject: x\r\nthis line is not a header\r\nmore\r\n",
@@ -127,7 +127,7 @@ func TestEndOfHeadersWithoutBlankLine(t *testing.T) {
 
 func TestReceivedSanitized(t *testing.T) {
 	rec := &recorder{}
-	srv, _ := NewServer(Config{Hostname: "mx.example.org", Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	srv, _ := newServer(Config{Hostname: "mx.example.org", Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	ts := startOn(t, srv, ConnInfo{RemoteAddr: &net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 4000}})
 	ts.cmd("EHLO (evil)\x01\x7f\xff;[x]<y>\"z\\", 250, "")
 	ts.cmd("MAIL FROM:<a@example.com>", 250, "2.1.0")
@@ -172,7 +172,7 @@ func TestReceivedSanitized(t *testing.T) {
 func TestFirstOpinionWins(t *testing.T) {
 	var third int
 	var mu sync.Mutex
-	hs := []Handler{
+	hs := []SubHandler{
 		{Name: "none", Handler: mailFunc(func(ctx context.Context, s *Session, from Path, p Params) (*Reply, error) {
 			return nil, nil
 		})},
@@ -190,7 +190,7 @@ func TestFirstOpinionWins(t *testing.T) {
 		})},
 	}
 	rec := &recorder{}
-	hs = append(hs, Handler{Name: "rec", Handler: rec})
+	hs = append(hs, SubHandler{Name: "rec", Handler: rec})
 	ts := start(t, Config{Handlers: hs})
 	ts.ehlo()
 	r := ts.cmd("MAIL FROM:<bad@example.com>", 550, "5.7.1")
@@ -247,7 +247,7 @@ func TestHookFailuresFailClosed(t *testing.T) {
 					return nil, nil
 				}}
 				t.Parallel()
-				ts := start(t, Config{HandlerTimeout: 300 * time.Millisecond, Handlers: []Handler{{Name: "rec", Handler: rec}}})
+				ts := start(t, Config{HandlerTimeout: 300 * time.Millisecond, Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 				ts.send("EHLO client.example")
 				if event == "helo" {
 					ts.expect(451, "4.3.0")
@@ -300,7 +300,7 @@ func TestReplyAsErrorFromBodyHook(t *testing.T) {
 			}
 			return nil, nil
 		}}
-		ts := start(t, Config{Handlers: []Handler{{Name: "rec", Handler: rec}}})
+		ts := start(t, Config{Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 		ts.ehlo()
 		ts.mailTo("b@example.com")
 		ts.sendData(stuff("Subject: x\r\n\r\nbody\r\n"))
@@ -316,7 +316,7 @@ func TestReplyAsErrorFromBodyHook(t *testing.T) {
 	h := bodyFunc(func(ctx context.Context, s *Session, c []byte) error {
 		return errors.Join(errors.New("upstream"), NewReply(452, "4.3.1", "disk full"))
 	})
-	ts := start(t, Config{Handlers: []Handler{{Name: "b", Handler: h}}})
+	ts := start(t, Config{Handlers: []SubHandler{{Name: "b", Handler: h}}})
 	ts.ehlo()
 	ts.mailTo("b@example.com")
 	ts.sendData(stuff("\r\nbody\r\n"))
@@ -337,7 +337,7 @@ func TestEndOfMessageHooks(t *testing.T) {
 			return r, nil
 		}
 	}
-	ts := start(t, Config{Handlers: []Handler{
+	ts := start(t, Config{Handlers: []SubHandler{
 		{Name: "store1", Handler: mk("store1", nil)},
 		{Name: "store2", Handler: mk("store2", nil)},
 	}})
@@ -349,7 +349,7 @@ func TestEndOfMessageHooks(t *testing.T) {
 		t.Fatalf("calls %v", calls)
 	}
 	calls = nil
-	ts2 := start(t, Config{Handlers: []Handler{
+	ts2 := start(t, Config{Handlers: []SubHandler{
 		{Name: "store1", Handler: mk("store1", NewReply(452, "4.3.1", "full"))},
 		{Name: "store2", Handler: mk("store2", nil)},
 	}})
@@ -364,7 +364,7 @@ func TestEndOfMessageHooks(t *testing.T) {
 
 func TestAbortHook(t *testing.T) {
 	rec := &recorder{}
-	ts := start(t, Config{Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	ts := start(t, Config{Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	ts.ehlo()
 	// RSET
 	ts.mailTo("b@example.com")
@@ -410,7 +410,7 @@ func TestAbortHook(t *testing.T) {
 
 func TestShutdownIdle(t *testing.T) {
 	rec := &recorder{}
-	srv, _ := NewServer(Config{Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	srv, _ := newServer(Config{Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	ts := startOn(t, srv, ConnInfo{})
 	ts.ehlo()
 	ts2 := startOn(t, srv, ConnInfo{}) // not even greeted
@@ -441,7 +441,7 @@ func TestShutdownIdle(t *testing.T) {
 }
 
 func TestShutdownNoSessions(t *testing.T) {
-	srv, _ := NewServer(Config{})
+	srv, _ := newServer(Config{})
 	select {
 	case <-srv.Shutdown():
 	case <-time.After(hangGuard):
@@ -453,7 +453,7 @@ func TestShutdownMidTransaction(t *testing.T) {
 	for _, phase := range []string{"after RCPT", "in DATA", "in BDAT", "mid-line"} {
 		t.Run(phase, func(t *testing.T) {
 			rec := &recorder{}
-			srv, _ := NewServer(Config{Handlers: []Handler{{Name: "rec", Handler: rec}}})
+			srv, _ := newServer(Config{Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 			ts := startOn(t, srv, ConnInfo{})
 			idle := startOn(t, srv, ConnInfo{})
 			ts.ehlo()
@@ -499,7 +499,7 @@ func TestShutdownMidTransaction(t *testing.T) {
 
 func TestShutdownGraceEnds(t *testing.T) {
 	rec := &recorder{}
-	srv, _ := NewServer(Config{GracePeriod: 200 * time.Millisecond, Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	srv, _ := newServer(Config{GracePeriod: 200 * time.Millisecond, Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	ts := startOn(t, srv, ConnInfo{})
 	ts.ehlo()
 	ts.mailTo("b@example.com")
@@ -519,7 +519,7 @@ func TestShutdownGraceEnds(t *testing.T) {
 // long here).
 func TestShutdownRace(t *testing.T) {
 	for round := 0; round < 20; round++ {
-		srv, _ := NewServer(Config{CommandTimeout: time.Hour, GracePeriod: time.Hour})
+		srv, _ := newServer(Config{CommandTimeout: time.Hour, GracePeriod: time.Hour})
 		var sessions []*testSession
 		for i := 0; i < 10; i++ {
 			ts := startOn(t, srv, ConnInfo{})
@@ -549,7 +549,7 @@ func TestShutdownRace(t *testing.T) {
 
 func TestHookRepliesAndState(t *testing.T) {
 	type key struct{}
-	hs := []Handler{
+	hs := []SubHandler{
 		{Name: "helo", Handler: heloFunc(func(ctx context.Context, s *Session, name string) (*Reply, error) {
 			if name == "bad.example" {
 				return NewReply(550, "5.7.1", "go away"), nil
@@ -578,7 +578,7 @@ func TestHookRepliesAndState(t *testing.T) {
 		})},
 	}
 	rec := &recorder{}
-	hs = append(hs, Handler{Name: "rec", Handler: rec})
+	hs = append(hs, SubHandler{Name: "rec", Handler: rec})
 	ts := start(t, Config{Handlers: hs})
 	ts.cmd("EHLO bad.example", 550, "5.7.1")
 	ts.cmd("MAIL FROM:<a@example.com>", 503, "5.5.1") // the rejected EHLO did not count
@@ -621,7 +621,7 @@ func TestHookRepliesAndState(t *testing.T) {
 
 func TestLoopbackTCP(t *testing.T) {
 	rec := &recorder{}
-	srv, _ := NewServer(Config{Hostname: "mx.example.org", Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	srv, _ := newServer(Config{Hostname: "mx.example.org", Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Skipf("no loopback: %v", err)
@@ -684,7 +684,7 @@ func TestSlowHookReplyDelivered(t *testing.T) {
 				return nil, nil
 			}}
 			ts := start(t, Config{CommandTimeout: time.Second, DataTimeout: time.Second,
-				HandlerTimeout: time.Minute, Handlers: []Handler{{Name: "rec", Handler: rec}}})
+				HandlerTimeout: time.Minute, Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 			ts.send("EHLO client.example", "MAIL FROM:<a@example.com>", "RCPT TO:<b@example.com>", "DATA")
 			ts.expect(250, "")
 			ts.expect(250, "2.1.0")

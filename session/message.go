@@ -20,15 +20,36 @@ type assembler struct {
 	size     int64  // client's message bytes so far
 	tooBig   bool
 	failure  error // first sub-handler error, or a *Reply
+
+	sp         *spool // the transaction's spool, or nil
+	prefix     int64  // spool bytes before the client's (Received: and added fields)
+	pos        int64  // client bytes the header parser has taken
+	fieldStart int64  // client offset of the field being read
 }
 
-func (a *assembler) reset(s *Session, ctx context.Context) {
+func (a *assembler) reset(s *Session, ctx context.Context, sp *spool) {
 	a.s, a.ctx = s, ctx
 	a.stream = s.srv.hooks.streams()
 	a.inHeader = true
 	a.line, a.field = reuse(a.line), reuse(a.field)
 	a.releaseChunk()
 	a.size, a.tooBig, a.failure = 0, false, nil
+	a.sp, a.pos, a.fieldStart = sp, 0, 0
+	if sp != nil {
+		a.prefix = sp.size
+	}
+}
+
+// addedField spools a field that precedes the client's message (our
+// Received:, fields added before the data) and gives it to the header
+// hooks.
+func (a *assembler) addedField(h HeaderField) {
+	if a.sp != nil {
+		a.sp.addField(h.Name, a.sp.size, int64(len(h.Raw)))
+		a.sp.write(h.Raw)
+		a.prefix = a.sp.size
+	}
+	a.s.emitHeader(a, h)
 }
 
 // reuse empties a header buffer for the next message, dropping it when an
@@ -51,6 +72,9 @@ func (a *assembler) write(p []byte) {
 	}
 	if !a.stream || a.failed() {
 		return
+	}
+	if a.sp != nil {
+		a.sp.write(p)
 	}
 	for len(p) > 0 && a.inHeader {
 		p = a.headerBytes(p)
@@ -80,10 +104,12 @@ func (a *assembler) headerBytes(p []byte) []byte {
 
 // headerLine handles one complete line (with CRLF) of the header section.
 func (a *assembler) headerLine(line []byte) {
+	start := a.pos
+	a.pos += int64(len(line))
 	switch {
 	case len(line) == 2: // the blank line
 		a.flushField()
-		a.endHeaders(crlf)
+		a.endHeaders(crlf, start)
 	case (line[0] == ' ' || line[0] == '\t') && len(a.field) > 0:
 		a.field = append(a.field, line...)
 		if len(a.field) > a.s.cfg.MaxHeaderSize {
@@ -92,9 +118,10 @@ func (a *assembler) headerLine(line []byte) {
 	case fieldNameLen(line) > 0:
 		a.flushField()
 		a.field = append(a.field, line...)
+		a.fieldStart = start
 	default: // not a header field: the body starts with this line
 		a.flushField()
-		a.endHeaders(nil)
+		a.endHeaders(nil, start)
 		a.bodyBytes(line)
 	}
 }
@@ -124,6 +151,11 @@ func (a *assembler) flushField() {
 		Value: unfold(a.field[n+1:]),
 		Raw:   a.field,
 	}
+	if a.sp != nil {
+		if err := a.sp.addField(h.Name, a.prefix+a.fieldStart, int64(len(a.field))); err != nil {
+			a.fail(err)
+		}
+	}
 	a.s.emitHeader(a, h)
 	a.field = a.field[:0]
 }
@@ -137,8 +169,14 @@ func unfold(v []byte) string {
 	return string(bytes.Trim(v, " \t"))
 }
 
-func (a *assembler) endHeaders(raw []byte) {
+// endHeaders ends the header section, whose blank line (raw, or none)
+// starts at client offset at.
+func (a *assembler) endHeaders(raw []byte, at int64) {
 	a.inHeader = false
+	if a.sp != nil {
+		a.sp.sepOff = a.prefix + at
+		a.sp.bodyOff = a.sp.sepOff + int64(len(raw))
+	}
 	if !a.failed() {
 		a.s.emitEndOfHeaders(a, raw)
 	}
@@ -176,12 +214,12 @@ func (a *assembler) finish() {
 	if a.inHeader {
 		if len(a.line) > 0 { // a last line without CRLF (BDAT only)
 			a.flushField()
-			a.endHeaders(nil)
+			a.endHeaders(nil, a.pos)
 			a.bodyBytes(a.line)
 			a.line = a.line[:0]
 		} else {
 			a.flushField()
-			a.endHeaders(nil)
+			a.endHeaders(nil, a.pos)
 		}
 	}
 	if len(a.chunk) > 0 && !a.failed() {

@@ -17,19 +17,20 @@ import (
 // concurrent use; each connection is served by Serve in its own goroutine.
 type Server struct {
 	cfg          Config
-	hooks        *hookSet
+	hooks        *chain
 	ehloKeywords []string
 	heloReply    *Reply // "250 <hostname>", the HELO reply without a hook's text
 	quitReply    *Reply // "221 2.0.0 <hostname> closing connection"
 
-	mu       sync.Mutex
-	sessions map[*Session]struct{}
-	own      connCounts    // sessions on connections without a TCP port (tests, pipes)
-	chunks   sync.Pool     // body chunk buffers of cap ChunkSize
-	done     chan struct{} // made by Shutdown, closed when the last session has ended
-	cutTimer *time.Timer   // ends what is left at the end of the grace period
-	draining atomic.Bool
-	graceEnd atomic.Int64 // unix nanoseconds: sessions are cut after this once draining
+	mu        sync.Mutex
+	sessions  map[*Session]struct{}
+	own       connCounts    // sessions on connections without a TCP port (tests, pipes)
+	chunks    sync.Pool     // body chunk buffers of cap ChunkSize
+	done      chan struct{} // made by Shutdown, closed when the last session has ended
+	cutTimer  *time.Timer   // ends what is left at the end of the grace period
+	draining  atomic.Bool
+	spoolUsed atomic.Int64 // bytes of SpoolMemory the spools hold
+	graceEnd  atomic.Int64 // unix nanoseconds: sessions are cut after this once draining
 }
 
 // ConnInfo describes the connection a session runs on.
@@ -53,7 +54,7 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	return &Server{
 		cfg:          c,
-		hooks:        newHookSet(c.Handlers),
+		hooks:        compile(c.Handlers),
 		ehloKeywords: ehloKeywords(&c),
 		heloReply:    &Reply{Code: 250, Lines: []string{c.Hostname}, plain: true},
 		quitReply:    &Reply{Code: 221, Enhanced: "2.0.0", Lines: []string{c.Hostname + " closing connection"}},

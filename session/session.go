@@ -99,6 +99,11 @@ type Transaction struct {
 	values          map[any]any
 	chunking        bool // a BDAT started the data
 	refused         int  // RCPTs refused by a sub-handler
+
+	sp    *spool                  // the message, when some sub-handler reads it
+	body  *spool                  // a replaced body
+	edits []headerEdit            // header edits, applied when the message is read
+	views map[Matcher][]Recipient // each matcher's recipients (see recipientsFor)
 }
 
 // Recipient is an accepted RCPT TO.
@@ -631,6 +636,19 @@ func (s *Session) abort(reason error) {
 	for _, h := range s.srv.hooks.abort {
 		s.callAbort(h, reason)
 	}
+	s.endTransaction()
+}
+
+// endTransaction forgets the transaction and frees its spools.
+func (s *Session) endTransaction() {
+	if t := s.txn; t != nil {
+		if t.sp != nil {
+			t.sp.release()
+		}
+		if t.body != nil {
+			t.body.release()
+		}
+	}
 	s.txn = nil
 }
 
@@ -640,26 +658,6 @@ func (s *Session) callAbort(h hooked[AbortHook], reason error) {
 
 func (s *Session) callClose(h hooked[CloseHook]) {
 	s.safely("close", h.name, func() { h.h.Close(s) })
-}
-
-// safely calls f, a call into the sub-handler name at event, and reports
-// whether it returned: a panic is logged with its stack and ends only that
-// call, so no sub-handler can take the session, let alone Caddy, down.
-func (s *Session) safely(event, name string, f func()) (ok bool) {
-	defer func() {
-		if p := recover(); p != nil {
-			s.logPanic(event, name, p)
-			ok = false
-		}
-	}()
-	f()
-	return true
-}
-
-// logPanic logs a sub-handler's panic at ERROR with the stack.
-func (s *Session) logPanic(event, name string, p any) {
-	s.log.Error("sub-handler panicked", zap.String("session", s.id), zap.String("event", event),
-		zap.String("handler", name), zap.Any("panic", p), zap.StackSkip("stack", 2))
 }
 
 // clientGone reports whether err is an ordinary end of the connection by

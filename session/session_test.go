@@ -20,13 +20,13 @@ func TestGreeting(t *testing.T) {
 	ts.expect(221, "2.0.0")
 	ts.expectClosed()
 
-	srv, _ := NewServer(Config{Hostname: "mx.example.org", Greeting: "hello there"})
+	srv, _ := newServer(Config{Hostname: "mx.example.org", Greeting: "hello there"})
 	raw := startRaw(t, srv, ConnInfo{})
 	line, err := raw.readLine()
 	if err != nil || line != "220 mx.example.org ESMTP hello there\r\n" {
 		t.Fatalf("greeting %q, %v", line, err)
 	}
-	srv2, _ := NewServer(Config{Hostname: "mx.example.org"})
+	srv2, _ := newServer(Config{Hostname: "mx.example.org"})
 	raw2 := startRaw(t, srv2, ConnInfo{})
 	if line, _ := raw2.readLine(); line != "220 mx.example.org ESMTP\r\n" {
 		t.Fatalf("greeting without text %q", line)
@@ -59,7 +59,7 @@ func TestHeloEhlo(t *testing.T) {
 
 func TestDefaultReplies(t *testing.T) {
 	rec := &recorder{}
-	ts := start(t, Config{Hostname: "mx.example.org", Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	ts := start(t, Config{Hostname: "mx.example.org", Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	ts.ehlo()
 	ts.cmd("MAIL FROM:<a@example.com>", 250, "2.1.0")
 	ts.cmd("RCPT TO:<b@example.com>", 250, "2.1.5")
@@ -123,7 +123,7 @@ func TestStartTLSNotConfigured(t *testing.T) {
 
 func TestUnknownCommandNotEchoed(t *testing.T) {
 	rec := &recorder{}
-	ts := start(t, Config{Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	ts := start(t, Config{Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	for _, l := range []string{
 		"XYZZY <script>alert(1)</script>",
 		"FOO\x7f\xff\xfe bar",
@@ -356,7 +356,7 @@ func TestMaxRecipients(t *testing.T) {
 
 func TestMaxErrors(t *testing.T) {
 	rec := &recorder{}
-	ts := start(t, Config{MaxErrors: 3, Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	ts := start(t, Config{MaxErrors: 3, Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	ts.ehlo()
 	ts.cmd("BOGUS", 500, "5.5.2")
 	ts.cmd("MAIL FROM:bad", 501, "5.1.7")
@@ -375,7 +375,7 @@ func TestMaxErrors(t *testing.T) {
 func TestCommandTimeout(t *testing.T) {
 	t.Parallel()
 	rec := &recorder{}
-	ts := start(t, Config{CommandTimeout: 200 * time.Millisecond, Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	ts := start(t, Config{CommandTimeout: 200 * time.Millisecond, Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	// pipelined, so that no client round trip runs inside a timeout
 	ts.send("EHLO client.example", "MAIL FROM:<a@example.com>", "RCPT TO:<b@example.com>")
 	ts.expect(250, "")
@@ -399,7 +399,7 @@ func TestCommandTimeout(t *testing.T) {
 
 func mustServer(t testing.TB, cfg Config) *Server {
 	t.Helper()
-	srv, err := NewServer(cfg)
+	srv, err := newServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -415,7 +415,7 @@ func (c *testClient) sendLate(s string) {
 func TestDataTimeout(t *testing.T) {
 	t.Parallel()
 	rec := &recorder{}
-	ts := start(t, Config{DataTimeout: 200 * time.Millisecond, Handlers: []Handler{{Name: "rec", Handler: rec}}})
+	ts := start(t, Config{DataTimeout: 200 * time.Millisecond, Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	ts.send("EHLO client.example", "MAIL FROM:<a@example.com>", "RCPT TO:<b@example.com>", "DATA")
 	ts.expect(250, "")
 	ts.expect(250, "2.1.0")
@@ -430,7 +430,7 @@ func TestDataTimeout(t *testing.T) {
 	}
 	// BDAT chunk data likewise
 	rec2 := &recorder{}
-	ts2 := start(t, Config{DataTimeout: 200 * time.Millisecond, Handlers: []Handler{{Name: "rec", Handler: rec2}}})
+	ts2 := start(t, Config{DataTimeout: 200 * time.Millisecond, Handlers: []SubHandler{{Name: "rec", Handler: rec2}}})
 	ts2.send("EHLO client.example", "MAIL FROM:<a@example.com>", "RCPT TO:<b@example.com>", "BDAT 100 LAST")
 	ts2.sendLate("only some")
 	ts2.expect(250, "")
@@ -463,14 +463,14 @@ func TestConfigValidation(t *testing.T) {
 		{Config{BareLineEndings: "keep"}, "bare_line_endings"},
 		{Config{Hostname: "bad host"}, "hostname"},
 		{Config{Hostname: "a\r\nb"}, "hostname"},
-		{Config{Handlers: []Handler{{Name: "x"}}}, "handlers[0]"},
+		{Config{Handlers: []SubHandler{{Name: "x"}}}, "handlers[0]"},
 	} {
-		_, err := NewServer(c.cfg)
+		_, err := newServer(c.cfg)
 		if err == nil || !strings.Contains(err.Error(), c.field) {
 			t.Errorf("%+v: error %v does not name %s", c.cfg, err, c.field)
 		}
 	}
-	srv, err := NewServer(Config{})
+	srv, err := newServer(Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -479,17 +479,17 @@ func TestConfigValidation(t *testing.T) {
 		t.Fatalf("defaults %+v", cfg)
 	}
 	// several errors are all reported
-	_, err = NewServer(Config{ChunkSize: 1, MaxErrors: -1})
+	_, err = newServer(Config{ChunkSize: 1, MaxErrors: -1})
 	if err == nil || !strings.Contains(err.Error(), "chunk_size") || !strings.Contains(err.Error(), "max_errors") {
 		t.Fatalf("joined error %v", err)
 	}
-	if _, err := NewServer(Config{Hostname: "[192.0.2.1]"}); err != nil {
+	if _, err := newServer(Config{Hostname: "[192.0.2.1]"}); err != nil {
 		t.Fatalf("address literal hostname: %v", err)
 	}
 }
 
 func TestConnectHookRejects(t *testing.T) {
-	srv, _ := NewServer(Config{Handlers: []Handler{{Name: "c", Handler: connectFunc(func(ctx context.Context, s *Session) (*Reply, error) {
+	srv, _ := newServer(Config{Handlers: []SubHandler{{Name: "c", Handler: connectFunc(func(ctx context.Context, s *Session) (*Reply, error) {
 		return NewReply(554, "5.7.1", "go away"), nil
 	})}}})
 	ts := startRaw(t, srv, ConnInfo{})
@@ -516,7 +516,7 @@ func TestOverlongBdatCloses(t *testing.T) {
 // TestMaxConnections: sessions over MaxConnections, and over
 // MaxConnectionsPerIP from one address, get 421 4.7.0 at connect.
 func TestMaxConnections(t *testing.T) {
-	srv, err := NewServer(Config{MaxConnections: 2})
+	srv, err := newServer(Config{MaxConnections: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -526,7 +526,7 @@ func TestMaxConnections(t *testing.T) {
 	third.expect(421, "4.7.0")
 	third.expectClosed()
 
-	srv, err = NewServer(Config{MaxConnectionsPerIP: 1})
+	srv, err = newServer(Config{MaxConnectionsPerIP: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -546,7 +546,7 @@ func TestMaxConnections(t *testing.T) {
 // TestRejectEarlyTalkers: a client that sends before the greeting gets
 // 554 5.5.0 and is closed; one that waits is greeted.
 func TestRejectEarlyTalkers(t *testing.T) {
-	srv, err := NewServer(Config{RejectEarlyTalkers: true, GreetDelay: 300 * time.Millisecond})
+	srv, err := newServer(Config{RejectEarlyTalkers: true, GreetDelay: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -159,7 +159,7 @@ func TestStartTLS(t *testing.T) {
 	serverTLS, roots := testCert(t, "mx.example.org")
 	rec := &recorder{}
 	ts := start(t, Config{Hostname: "mx.example.org", TLSConfig: serverTLS,
-		Handlers: []Handler{{Name: "rec", Handler: rec}}})
+		Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 
 	r := ts.cmd("EHLO client.example", 250, "")
 	if !hasKeyword(r, "STARTTLS") {
@@ -208,7 +208,7 @@ func TestStartTLSSmuggled(t *testing.T) {
 	} {
 		rec := &recorder{}
 		ts := start(t, Config{Hostname: "mx.example.org", TLSConfig: serverTLS,
-			Handlers: []Handler{{Name: "rec", Handler: rec}}})
+			Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 		ts.ehlo()
 		ts.sendRaw(batch)
 		ts.expect(554, "5.5.0")
@@ -233,7 +233,7 @@ func TestStartTLSResetsAuth(t *testing.T) {
 	auth := &testAuth{users: map[string]string{"alice": "s3cret"}, insecure: true}
 	seen := &authUserSeen{}
 	ts := start(t, Config{Hostname: "mx.example.org", TLSConfig: serverTLS,
-		Handlers: []Handler{{Name: "auth", Handler: auth}, {Name: "seen", Handler: seen}}})
+		Handlers: []SubHandler{{Name: "auth", Handler: auth}, {Name: "seen", Handler: seen}}})
 	ts.ehlo()
 	ts.cmd("AUTH PLAIN "+plain("", "alice", "s3cret"), 235, "2.7.0")
 	tc := startTLS(t, ts.testClient, roots, "mx.example.org")
@@ -257,7 +257,7 @@ func TestStartTLSSmuggledAtBufferEnd(t *testing.T) {
 	serverTLS, _ := testCert(t, "mx.example.org")
 	rec := &recorder{}
 	ts := start(t, Config{Hostname: "mx.example.org", TLSConfig: serverTLS,
-		Handlers: []Handler{{Name: "rec", Handler: rec}}})
+		Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
 	var b strings.Builder
 	for range 9 {
 		b.WriteString("NOOP " + strings.Repeat("x", 447) + "\r\n") // 454 bytes
@@ -371,7 +371,7 @@ func TestImplicitTLS(t *testing.T) {
 	rec := &recorder{}
 	auth := &testAuth{users: map[string]string{"alice": "s3cret"}}
 	srv := mustServer(t, Config{Hostname: "mx.example.org", TLSConfig: serverTLS,
-		Handlers: []Handler{{Name: "rec", Handler: rec}, {Name: "auth", Handler: auth}}})
+		Handlers: []SubHandler{{Name: "rec", Handler: rec}, {Name: "auth", Handler: auth}}})
 	ts := startOn(t, srv, ConnInfo{TLS: &tls.ConnectionState{Version: tls.VersionTLS13}})
 	r := ts.cmd("EHLO client.example", 250, "")
 	if hasKeyword(r, "STARTTLS") || !hasKeyword(r, "AUTH") {
@@ -406,7 +406,7 @@ func TestReceivedProtocol(t *testing.T) {
 		rec := &recorder{}
 		auth := &testAuth{users: map[string]string{"alice": "s3cret"}, insecure: true}
 		ts := start(t, Config{Hostname: "mx.example.org", TLSConfig: serverTLS,
-			Handlers: []Handler{{Name: "rec", Handler: rec}, {Name: "auth", Handler: auth}}})
+			Handlers: []SubHandler{{Name: "rec", Handler: rec}, {Name: "auth", Handler: auth}}})
 		c := ts.testClient
 		if tc.tls {
 			c.cmd("EHLO client.example", 250, "")

@@ -22,7 +22,7 @@ func startXClient(t *testing.T, remote net.Addr, logger *zap.Logger) (*testSessi
 	t.Helper()
 	rec, seen := &recorder{}, &authUserSeen{}
 	srv := mustServer(t, Config{Hostname: "mx.example.org", XClientNetworks: xclientNets, Logger: logger,
-		Handlers: []Handler{{Name: "rec", Handler: rec}, {Name: "seen", Handler: seen}}})
+		Handlers: []SubHandler{{Name: "rec", Handler: rec}, {Name: "seen", Handler: seen}}})
 	return startOn(t, srv, ConnInfo{RemoteAddr: remote}), rec, seen
 }
 

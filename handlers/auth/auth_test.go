@@ -238,7 +238,7 @@ func (c *client) cmd(line string) string {
 func serve(t *testing.T, a *Auth, state *tls.ConnectionState) *client {
 	t.Helper()
 	srv, err := session.NewServer(session.Config{Hostname: "mx.example.test",
-		Handlers: []session.Handler{{Name: "auth", Handler: a}}})
+		Handlers: []session.SubHandler{{Name: "auth", Handler: a}}})
 	if err != nil {
 		t.Fatal(err)
 	}

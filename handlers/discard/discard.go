@@ -18,7 +18,9 @@ func init() {
 	caddy.RegisterModule(&Discard{})
 }
 
-// Discard accepts and drops messages. It has no options.
+// Discard is a delivery that accepts and drops messages, to an explicit
+// end: a recipient it takes is never refused for want of a delivery. It
+// has no options.
 type Discard struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -29,13 +31,18 @@ func (*Discard) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// EndOfMessage marks the message as discarded in its per-message log line
-// ("discarded": true) and has no opinion, so the default 250 is sent (after
-// any later sub-handler agrees).
-func (d *Discard) EndOfMessage(_ context.Context, s *session.Session) (*session.Reply, error) {
+// Deliver drops the message and marks it as discarded in its per-message
+// log line ("discarded": true). Behind a matcher, it takes only the
+// recipients the matcher takes: the others must have a delivery of their
+// own.
+func (d *Discard) Deliver(_ context.Context, s *session.Session, _ *session.Delivery) error {
 	s.Transaction().AddLogField(zap.Bool("discarded", true))
-	return nil, nil
+	return nil
 }
+
+// ReadsMessage is false: the engine keeps no spool for a message that
+// only discard delivers.
+func (d *Discard) ReadsMessage() bool { return false }
 
 // UnmarshalCaddyfile sets up the sub-handler from Caddyfile tokens. Syntax:
 //
@@ -51,5 +58,6 @@ func (d *Discard) UnmarshalCaddyfile(disp *caddyfile.Dispenser) error {
 // Interface guards
 var (
 	_ caddyfile.Unmarshaler = (*Discard)(nil)
-	_ session.MessageHook   = (*Discard)(nil)
+	_ session.DeliverHook   = (*Discard)(nil)
+	_ session.MessageReader = (*Discard)(nil)
 )

@@ -45,7 +45,7 @@ func tryProvision(path string) (*Maildir, error) {
 func startServer(tb testing.TB, h any, cfg session.Config) *smtptest.Server {
 	tb.Helper()
 	cfg.Hostname = "mx.example.test"
-	cfg.Handlers = []session.Handler{{Name: "maildir", Handler: h}}
+	cfg.Handlers = []session.SubHandler{{Name: "maildir", Handler: h}}
 	return smtptest.NewServer(tb, cfg)
 }
 

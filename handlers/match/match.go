@@ -11,13 +11,12 @@
 //		maildir @local /var/mail/local
 //	}
 //
-// A delivering sub-handler behind a recipient condition sees only the
-// matching recipients in s.Transaction().Recipients, and is not asked at
-// all about a message none of whose recipients match.
+// A sub-handler behind a recipient condition sees only the matching
+// recipients in s.Transaction().Recipients, is not asked at all about a
+// message none of whose recipients match, and delivers only to those.
 package match
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,7 +27,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-esmtp/caddy-esmtp/handlers/recipients"
-	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -37,7 +35,9 @@ func init() {
 }
 
 // Match runs HandlersRaw only where all its conditions hold. Conditions
-// left empty always hold.
+// left empty always hold. It is not a sub-handler of its own: the esmtp
+// handler puts its inner sub-handlers in its list in its place (Expand),
+// each limited by the match's conditions (it is their session.Matcher).
 type Match struct {
 	// Recipients lists recipient patterns, as for the recipients sub-handler:
 	// "user@example.com", "*@example.com" or "example.com", "*.example.com".
@@ -133,8 +133,9 @@ func parsePrefix(v string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 }
 
-// sessionMatches checks the conditions known before MAIL.
-func (m *Match) sessionMatches(s *session.Session) bool {
+// MatchSession checks the conditions known before MAIL: TLS, AUTH and the
+// client's address.
+func (m *Match) MatchSession(s *session.Session) bool {
 	if m.TLS != nil && *m.TLS != (s.TLS() != nil) {
 		return false
 	}
@@ -142,7 +143,7 @@ func (m *Match) sessionMatches(s *session.Session) bool {
 		return false
 	}
 	if len(m.nets) > 0 {
-		ip := clientnet.AddrIP(s.RemoteAddr())
+		ip := s.RemoteIP()
 		if !ip.IsValid() || !slices.ContainsFunc(m.nets, func(p netip.Prefix) bool { return p.Contains(ip) }) {
 			return false
 		}
@@ -150,7 +151,8 @@ func (m *Match) sessionMatches(s *session.Session) bool {
 	return true
 }
 
-func (m *Match) senderMatches(from session.Path) bool {
+// MatchSender checks the sender conditions.
+func (m *Match) MatchSender(_ *session.Session, from session.Path) bool {
 	if m.sender == nil && !m.nullSender {
 		return true
 	}
@@ -160,221 +162,61 @@ func (m *Match) senderMatches(from session.Path) bool {
 	return m.sender != nil && m.sender.Match(from.Local, from.Domain)
 }
 
-func (m *Match) rcptMatches(to session.Path) bool {
+// MatchRecipient checks the recipient conditions.
+func (m *Match) MatchRecipient(_ *session.Session, to session.Path) bool {
 	return m.rcpt == nil || m.rcpt.Match(to.Local, to.Domain)
 }
 
-// txnMatches checks every condition for the transaction in progress and
-// returns the matching recipients.
-func (m *Match) txnMatches(s *session.Session) ([]session.Recipient, bool) {
-	txn := s.Transaction()
-	if txn == nil || !m.sessionMatches(s) || !m.senderMatches(txn.From) {
-		return nil, false
-	}
-	if m.rcpt == nil {
-		return txn.Recipients, true
-	}
-	var rs []session.Recipient
-	for _, r := range txn.Recipients {
-		if m.rcptMatches(r.Path) {
-			rs = append(rs, r)
-		}
-	}
-	return rs, len(rs) > 0
-}
-
-// withRecipients runs f with the transaction showing only rs.
-func withRecipients[T any](s *session.Session, rs []session.Recipient, f func() T) T {
-	txn := s.Transaction()
-	all := txn.Recipients
-	txn.Recipients = rs
-	defer func() {
-		if t := s.Transaction(); t != nil {
-			t.Recipients = all
-		}
-	}()
-	return f()
-}
-
-// first asks the inner sub-handlers implementing H until one has an
-// opinion.
-func first[H any](m *Match, call func(H) (*session.Reply, error)) (*session.Reply, error) {
+// SubHandlers returns the inner sub-handlers, each limited by this
+// match's conditions (and by those of a match nested in it): the engine
+// asks them in place of the match, with its own dispatch, timeouts and
+// metrics, under their own names.
+func (m *Match) SubHandlers() []session.SubHandler {
+	var out []session.SubHandler
 	for _, h := range m.inner {
-		if x, ok := h.(H); ok {
-			if r, err := call(x); r != nil || err != nil {
-				return r, err
+		for _, sh := range Expand(h) {
+			if sh.Match == nil {
+				sh.Match = m
+			} else {
+				sh.Match = both{m, sh.Match}
 			}
-		}
-	}
-	return nil, nil
-}
-
-// each calls every inner sub-handler implementing H; the first error wins.
-func each[H any](m *Match, call func(H) error) error {
-	for _, h := range m.inner {
-		if x, ok := h.(H); ok {
-			if err := call(x); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-type reply struct {
-	r   *session.Reply
-	err error
-}
-
-// Connect forwards when the session matches.
-func (m *Match) Connect(ctx context.Context, s *session.Session) (*session.Reply, error) {
-	if !m.sessionMatches(s) {
-		return nil, nil
-	}
-	return first(m, func(h session.ConnectHook) (*session.Reply, error) { return h.Connect(ctx, s) })
-}
-
-// Helo forwards when the session matches.
-func (m *Match) Helo(ctx context.Context, s *session.Session, name string) (*session.Reply, error) {
-	if !m.sessionMatches(s) {
-		return nil, nil
-	}
-	return first(m, func(h session.HeloHook) (*session.Reply, error) { return h.Helo(ctx, s, name) })
-}
-
-// Mail forwards when the session and the sender match.
-func (m *Match) Mail(ctx context.Context, s *session.Session, from session.Path, params session.Params) (*session.Reply, error) {
-	if !m.sessionMatches(s) || !m.senderMatches(from) {
-		return nil, nil
-	}
-	return first(m, func(h session.MailHook) (*session.Reply, error) { return h.Mail(ctx, s, from, params) })
-}
-
-// Rcpt forwards when the session, the sender and this recipient match.
-func (m *Match) Rcpt(ctx context.Context, s *session.Session, to session.Path, params session.Params) (*session.Reply, error) {
-	txn := s.Transaction()
-	if !m.sessionMatches(s) || txn == nil || !m.senderMatches(txn.From) || !m.rcptMatches(to) {
-		return nil, nil
-	}
-	return first(m, func(h session.RcptHook) (*session.Reply, error) { return h.Rcpt(ctx, s, to, params) })
-}
-
-// Data forwards when some recipient matches, showing only those.
-func (m *Match) Data(ctx context.Context, s *session.Session) (*session.Reply, error) {
-	rs, ok := m.txnMatches(s)
-	if !ok {
-		return nil, nil
-	}
-	out := withRecipients(s, rs, func() reply {
-		r, err := first(m, func(h session.DataHook) (*session.Reply, error) { return h.Data(ctx, s) })
-		return reply{r, err}
-	})
-	return out.r, out.err
-}
-
-// Header forwards when some recipient matches.
-func (m *Match) Header(ctx context.Context, s *session.Session, f session.HeaderField) error {
-	rs, ok := m.txnMatches(s)
-	if !ok {
-		return nil
-	}
-	return withRecipients(s, rs, func() error {
-		return each(m, func(h session.HeaderHook) error { return h.Header(ctx, s, f) })
-	})
-}
-
-// EndOfHeaders forwards when some recipient matches.
-func (m *Match) EndOfHeaders(ctx context.Context, s *session.Session, raw []byte) error {
-	rs, ok := m.txnMatches(s)
-	if !ok {
-		return nil
-	}
-	return withRecipients(s, rs, func() error {
-		return each(m, func(h session.EndOfHeadersHook) error { return h.EndOfHeaders(ctx, s, raw) })
-	})
-}
-
-// Body forwards when some recipient matches.
-func (m *Match) Body(ctx context.Context, s *session.Session, chunk []byte) error {
-	rs, ok := m.txnMatches(s)
-	if !ok {
-		return nil
-	}
-	return withRecipients(s, rs, func() error {
-		return each(m, func(h session.BodyHook) error { return h.Body(ctx, s, chunk) })
-	})
-}
-
-// EndOfMessage forwards when some recipient matches: every inner
-// sub-handler is asked in order until one rejects.
-func (m *Match) EndOfMessage(ctx context.Context, s *session.Session) (*session.Reply, error) {
-	rs, ok := m.txnMatches(s)
-	if !ok {
-		return nil, nil
-	}
-	out := withRecipients(s, rs, func() reply {
-		r, err := first(m, func(h session.MessageHook) (*session.Reply, error) { return h.EndOfMessage(ctx, s) })
-		return reply{r, err}
-	})
-	return out.r, out.err
-}
-
-// Abort is passed to every inner sub-handler, which clean up what they
-// hold (a sub-handler that held nothing ignores it).
-func (m *Match) Abort(s *session.Session, reason error) {
-	for _, h := range m.inner {
-		if x, ok := h.(session.AbortHook); ok {
-			x.Abort(s, reason)
-		}
-	}
-}
-
-// Close is passed to every inner sub-handler.
-func (m *Match) Close(s *session.Session) {
-	for _, h := range m.inner {
-		if x, ok := h.(session.CloseHook); ok {
-			x.Close(s)
-		}
-	}
-}
-
-// Verb forwards when the session matches.
-func (m *Match) Verb(ctx context.Context, s *session.Session, cmd, arg string) (*session.Reply, error) {
-	if !m.sessionMatches(s) {
-		return nil, nil
-	}
-	return first(m, func(h session.VerbHook) (*session.Reply, error) { return h.Verb(ctx, s, cmd, arg) })
-}
-
-// Extensions passes on the EHLO keywords of the inner sub-handlers (such
-// as a relay's DSN) when the session matches.
-func (m *Match) Extensions(s *session.Session) []string {
-	if !m.sessionMatches(s) {
-		return nil
-	}
-	var out []string
-	for _, h := range m.inner {
-		if x, ok := h.(session.ExtensionHook); ok {
-			out = append(out, x.Extensions(s)...)
+			out = append(out, sh)
 		}
 	}
 	return out
 }
 
+// Expand returns the sub-handlers that the module h stands for in an
+// ordered list: the inner ones of a match, limited by it, or h itself.
+func Expand(h any) []session.SubHandler {
+	if x, ok := h.(interface{ SubHandlers() []session.SubHandler }); ok {
+		return x.SubHandlers()
+	}
+	name := ""
+	if cm, ok := h.(caddy.Module); ok {
+		name = cm.CaddyModule().ID.Name()
+	}
+	return []session.SubHandler{{Name: name, Handler: h}}
+}
+
+// both is two matchers that must both hold: a match nested in a match.
+type both [2]session.Matcher
+
+func (b both) MatchSession(s *session.Session) bool {
+	return b[0].MatchSession(s) && b[1].MatchSession(s)
+}
+
+func (b both) MatchSender(s *session.Session, from session.Path) bool {
+	return b[0].MatchSender(s, from) && b[1].MatchSender(s, from)
+}
+
+func (b both) MatchRecipient(s *session.Session, to session.Path) bool {
+	return b[0].MatchRecipient(s, to) && b[1].MatchRecipient(s, to)
+}
+
 // Interface guards
 var (
-	_ caddy.Provisioner        = (*Match)(nil)
-	_ session.ExtensionHook    = (*Match)(nil)
-	_ session.ConnectHook      = (*Match)(nil)
-	_ session.HeloHook         = (*Match)(nil)
-	_ session.MailHook         = (*Match)(nil)
-	_ session.RcptHook         = (*Match)(nil)
-	_ session.DataHook         = (*Match)(nil)
-	_ session.HeaderHook       = (*Match)(nil)
-	_ session.EndOfHeadersHook = (*Match)(nil)
-	_ session.BodyHook         = (*Match)(nil)
-	_ session.MessageHook      = (*Match)(nil)
-	_ session.AbortHook        = (*Match)(nil)
-	_ session.CloseHook        = (*Match)(nil)
-	_ session.VerbHook         = (*Match)(nil)
+	_ caddy.Provisioner = (*Match)(nil)
+	_ session.Matcher   = (*Match)(nil)
+	_ session.Matcher   = both{}
 )

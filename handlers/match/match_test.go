@@ -46,7 +46,7 @@ func run(t *testing.T, m *Match, remote string, from string, rcpts ...string) []
 	}
 	p := &probe{}
 	m.inner = []any{p}
-	srv := smtptest.NewServer(t, session.Config{Handlers: []session.Handler{{Name: "match", Handler: m}}})
+	srv := smtptest.NewServer(t, session.Config{Handlers: m.SubHandlers()})
 	c := srv.PipeFrom(remote)
 	c.Expect("220")
 	c.Cmd("EHLO c.test", "250")

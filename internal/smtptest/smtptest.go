@@ -56,7 +56,7 @@ func Provisioned[M caddy.Provisioner](tb testing.TB, m M) M {
 func Config(handlers ...any) session.Config {
 	cfg := session.Config{Hostname: Hostname}
 	for i, h := range handlers {
-		cfg.Handlers = append(cfg.Handlers, session.Handler{Name: "h" + string(rune('0'+i)), Handler: h})
+		cfg.Handlers = append(cfg.Handlers, session.SubHandler{Name: "h" + string(rune('0'+i)), Handler: h})
 	}
 	return cfg
 }
@@ -80,8 +80,15 @@ type Server struct {
 
 // NewServer starts an engine with cfg, failing the test when the
 // configuration is refused.
+//
+// When cfg has no delivery (DeliverHook or PrepareHook), a sink that takes
+// every recipient and reads nothing is added last: the engine refuses
+// recipients that no delivery takes, and policy tests are about the rest.
 func NewServer(tb testing.TB, cfg session.Config) *Server {
 	tb.Helper()
+	if !hasDelivery(cfg) {
+		cfg.Handlers = append(append([]session.SubHandler(nil), cfg.Handlers...), session.SubHandler{Name: "sink", Handler: Sink{}})
+	}
 	srv, err := session.NewServer(cfg)
 	if err != nil {
 		tb.Fatal(err)
@@ -354,4 +361,25 @@ type RcptFunc func(to session.Path) *session.Reply
 // Rcpt answers with f(to).
 func (f RcptFunc) Rcpt(_ context.Context, _ *session.Session, to session.Path, _ session.Params) (*session.Reply, error) {
 	return f(to), nil
+}
+
+// Sink is a delivery that takes every recipient and reads nothing.
+type Sink struct{}
+
+// Deliver accepts.
+func (Sink) Deliver(context.Context, *session.Session, *session.Delivery) error { return nil }
+
+// ReadsMessage is false: a Sink needs no spool.
+func (Sink) ReadsMessage() bool { return false }
+
+// hasDelivery reports whether cfg has a delivering sub-handler.
+func hasDelivery(cfg session.Config) bool {
+	for _, h := range cfg.Handlers {
+		_, d := h.Handler.(session.DeliverHook)
+		_, p := h.Handler.(session.PrepareHook)
+		if d || p {
+			return true
+		}
+	}
+	return false
 }
