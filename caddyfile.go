@@ -38,6 +38,8 @@ import (
 //		max_connections    <n>|unlimited
 //		max_connections_per_ip <n>|unlimited
 //		min_data_rate      <size>        # bytes per second: 500, 1KiB
+//		spool_memory       <size>        # 64MiB
+//		spool_dir          <path>
 //		reject_early_talkers [<greet_delay>]
 //		@<name> { rcpt|sender|remote_ip|authenticated|tls ... }
 //		<sub-handler> [@<name>] [<args...>] [{ ... }]   # e.g. maildir @local ./mail
@@ -56,6 +58,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
 		switch opt {
+		case "spool_dir":
+			if !d.Args(&h.SpoolDir) || d.NextArg() {
+				return d.ArgErr()
+			}
 		case "hostname", "greeting", "bare_line_endings":
 			var v string
 			if !d.Args(&v) || d.NextArg() {
@@ -72,7 +78,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				h.BareLineEndings = v
 			}
-		case "max_message_size", "chunk_size", "max_header_size":
+		case "max_message_size", "chunk_size", "max_header_size", "spool_memory":
 			n, err := sizeArg(d, opt)
 			if err != nil {
 				return err
@@ -82,6 +88,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.MaxMessageSize = n
 			case "chunk_size":
 				h.ChunkSize = int(n)
+			case "spool_memory":
+				h.SpoolMemory = n
 			default:
 				h.MaxHeaderSize = int(n)
 			}

@@ -124,6 +124,15 @@ type Handler struct {
 	RejectEarlyTalkers bool `json:"reject_early_talkers,omitempty"`
 	// GreetDelay is that wait. Default: 1s when reject_early_talkers is on.
 	GreetDelay caddy.Duration `json:"greet_delay,omitempty"`
+	// SpoolMemory bounds the memory that the spools of all this handler's
+	// messages hold at once, in bytes: a message is kept in memory while
+	// it is under 1 MiB and this budget allows, in an unlinked file in
+	// spool_dir past that. Only messages that some sub-handler reads
+	// (every delivery but discard) are spooled. Default: 64 MiB.
+	SpoolMemory int64 `json:"spool_memory,omitempty"`
+	// SpoolDir is the directory of the spool files. Default: the
+	// system's temporary directory.
+	SpoolDir string `json:"spool_dir,omitempty"`
 	// LogTranscript logs the whole SMTP conversation, every command and
 	// reply, at debug level (AUTH credentials are redacted). The logger
 	// must also be at debug level for it to show.
@@ -203,6 +212,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		CommandTimeout:      time.Duration(h.CommandTimeout),
 		DataTimeout:         time.Duration(h.DataTimeout),
 		MinDataRate:         h.MinDataRate,
+		SpoolMemory:         h.SpoolMemory,
+		SpoolDir:            h.SpoolDir,
 		ChunkSize:           h.ChunkSize,
 		MaxLineLength:       h.MaxLineLength,
 		MaxHeaderSize:       h.MaxHeaderSize,
