@@ -13,6 +13,7 @@ import (
 	"github.com/mholt/caddy-l4/layer4"
 
 	"github.com/caddy-esmtp/caddy-esmtp/handlers/match"
+	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
 )
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -184,7 +185,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(args) == 0 {
 				return d.ArgErr()
 			}
-			if _, err := parsePrefixes(args); err != nil {
+			if _, err := clientnet.ParsePrefixes(args); err != nil {
 				return d.Errf("xclient_networks: %v", err)
 			}
 			h.XClientNetworks = append(h.XClientNetworks, args...)
@@ -291,7 +292,7 @@ func addCondition(d *caddyfile.Dispenser, m *match.Match, kind string, args []st
 		case "sender":
 			m.Senders = append(m.Senders, args...)
 		default:
-			if _, err := parsePrefixes(args); err != nil {
+			if _, err := clientnet.ParsePrefixes(args); err != nil {
 				return d.Errf("matcher remote_ip: %v", err)
 			}
 			m.RemoteIP = append(m.RemoteIP, args...)

@@ -40,7 +40,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
-	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -191,7 +190,7 @@ func blockedText(ip netip.Addr, zone string) string {
 // listed returns the client's IP and the zone that lists it ("" for none),
 // looking it up once per session (per client after XCLIENT).
 func (b *DNSBL) listed(ctx context.Context, s *session.Session) (netip.Addr, string) {
-	ip := clientnet.AddrIP(s.RemoteAddr())
+	ip := s.RemoteIP()
 	if !ip.IsValid() {
 		return ip, ""
 	}

@@ -82,7 +82,6 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -93,6 +92,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-esmtp/caddy-esmtp/handlers/recipients"
+	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -217,7 +217,7 @@ func (r *Relay) Provision(ctx caddy.Context) error {
 		}
 	}
 	for i, v := range r.RelayNetworks {
-		p, err := parsePrefix(v)
+		p, err := clientnet.ParsePrefix(v)
 		if err != nil {
 			return fmt.Errorf("relay: relay_networks[%d]: %v", i, err)
 		}
@@ -347,18 +347,6 @@ func (r *Relay) parseTo() error {
 	return nil
 }
 
-func parsePrefix(v string) (netip.Prefix, error) {
-	if strings.Contains(v, "/") {
-		p, err := netip.ParsePrefix(v)
-		return p.Masked(), err
-	}
-	a, err := netip.ParseAddr(v)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("%q is not an IP address or CIDR range", v)
-	}
-	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
-}
-
 // Cleanup quits the idle connections. Sessions still running on this
 // configuration finish their transactions on their own connections.
 func (r *Relay) Cleanup() error {
@@ -382,13 +370,7 @@ func (r *Relay) permitted(s *session.Session, to session.Path) bool {
 	if s.AuthUser() != "" {
 		return true
 	}
-	if len(r.nets) > 0 && s.RemoteAddr() != nil {
-		ap, err := netip.ParseAddrPort(s.RemoteAddr().String())
-		if err == nil && slices.ContainsFunc(r.nets, func(p netip.Prefix) bool { return p.Contains(ap.Addr().Unmap()) }) {
-			return true
-		}
-	}
-	return false
+	return clientnet.Contains(r.nets, s.RemoteIP())
 }
 
 var (
