@@ -44,9 +44,11 @@ import (
 //		<sub-handler> [@<name>] [<args...>] [{ ... }]   # e.g. maildir @local ./mail
 //	}
 //
-// Any directive that is not an option above is a sub-handler: `maildir`
-// becomes the module esmtp.handlers.maildir, in the order written. A named
-// matcher after the sub-handler's name wraps it in esmtp.handlers.match.
+// Each option is given at most once, except xclient_networks, whose
+// ranges accumulate. Any directive that is not an option above is a
+// sub-handler: `maildir` becomes the module esmtp.handlers.maildir, in the
+// order written. A named matcher after the sub-handler's name wraps it in
+// esmtp.handlers.match. Sub-handlers may repeat; named matchers may not.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume the handler name
 	matchers := map[string]*match.Match{}
@@ -54,10 +56,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	seen := map[string]bool{} // the options given, each at most once
+	once := func(opt string) error {
+		if seen[opt] {
+			return d.Errf("%s: given twice", opt)
+		}
+		seen[opt] = true
+		return nil
+	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
 		switch opt {
 		case "hostname", "greeting", "bare_line_endings":
+			if err := once(opt); err != nil {
+				return err
+			}
 			var v string
 			if !d.Args(&v) || d.NextArg() {
 				return d.ArgErr()
@@ -74,6 +87,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.BareLineEndings = v
 			}
 		case "max_message_size", "chunk_size", "max_header_size":
+			if err := once(opt); err != nil {
+				return err
+			}
 			n, err := sizeArg(d, opt)
 			if err != nil {
 				return err
@@ -87,6 +103,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.MaxHeaderSize = int(n)
 			}
 		case "max_connections", "max_connections_per_ip":
+			if err := once(opt); err != nil {
+				return err
+			}
 			var v string
 			if !d.Args(&v) || d.NextArg() {
 				return d.ArgErr()
@@ -103,12 +122,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.MaxConnectionsPerIP = n
 			}
 		case "min_data_rate":
+			if err := once(opt); err != nil {
+				return err
+			}
 			n, err := sizeArg(d, opt)
 			if err != nil {
 				return err
 			}
 			h.MinDataRate = n
 		case "reject_early_talkers":
+			if err := once(opt); err != nil {
+				return err
+			}
 			h.RejectEarlyTalkers = true
 			if d.NextArg() {
 				dur, err := caddy.ParseDuration(d.Val())
@@ -121,6 +146,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 		case "max_recipients", "max_errors", "max_line_length":
+			if err := once(opt); err != nil {
+				return err
+			}
 			var v string
 			if !d.Args(&v) || d.NextArg() {
 				return d.ArgErr()
@@ -138,6 +166,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.MaxLineLength = n
 			}
 		case "command_timeout", "data_timeout", "handler_timeout", "grace_period":
+			if err := once(opt); err != nil {
+				return err
+			}
 			var v string
 			if !d.Args(&v) || d.NextArg() {
 				return d.ArgErr()
@@ -157,6 +188,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.GracePeriod = caddy.Duration(dur)
 			}
 		case "starttls":
+			if err := once(opt); err != nil {
+				return err
+			}
 			if d.NextArg() {
 				return d.ArgErr()
 			}
@@ -172,6 +206,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.StartTLS.ConnectionPolicies = append(h.StartTLS.ConnectionPolicies, cp)
 			}
 		case "require_tls", "log_transcript":
+			if err := once(opt); err != nil {
+				return err
+			}
 			if d.NextArg() {
 				return d.ArgErr()
 			}

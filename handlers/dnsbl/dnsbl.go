@@ -303,9 +303,11 @@ func reverse(ip netip.Addr) string {
 //		at       connect|rcpt
 //	}]
 //
-// zone may be repeated.
+// zone may be repeated; every other option is given at most once.
 func (b *DNSBL) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the sub-handler name
+
+	seen := map[string]bool{} // the options given, each at most once
 	addZones := func(zones []string) error {
 		for _, z := range zones {
 			if _, err := checkZone(z); err != nil {
@@ -320,6 +322,10 @@ func (b *DNSBL) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
+		if seen[opt] && opt != "zone" && opt != "zones" {
+			return d.Errf("dnsbl: %s: given twice", opt)
+		}
+		seen[opt] = true
 		switch opt {
 		case "zone", "zones":
 			args := d.RemainingArgs()

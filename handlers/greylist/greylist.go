@@ -494,14 +494,19 @@ func (st *store) save() (int, error) {
 //	}]
 //
 // Durations are Caddy durations: 30s, 5m, 24h, 36d. exempt may be
-// repeated.
+// repeated; every other option is given at most once.
 func (g *Greylist) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the sub-handler name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	seen := map[string]bool{} // the options given, each at most once
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
+		if seen[opt] && opt != "exempt" {
+			return d.Errf("greylist: %s: given twice", opt)
+		}
+		seen[opt] = true
 		switch opt {
 		case "delay", "expire", "keep":
 			var v string

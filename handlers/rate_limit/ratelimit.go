@@ -333,14 +333,20 @@ func addrString(a net.Addr) string {
 //		exempt      <cidr...>
 //	}
 //
-// A window is a Caddy duration: 30s, 1m, 1h, 1d. exempt may be repeated.
+// A window is a Caddy duration: 30s, 1m, 1h, 1d. exempt may be repeated;
+// every other option is given at most once.
 func (rl *RateLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the sub-handler name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	seen := map[string]bool{} // the options given, each at most once
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
+		if seen[opt] && opt != "exempt" {
+			return d.Errf("rate_limit: %s: given twice", opt)
+		}
+		seen[opt] = true
 		switch opt {
 		case "connections", "messages", "recipients":
 			var count, window string

@@ -28,17 +28,25 @@ import (
 //		idle_timeout             <duration>
 //	}]
 //
-// domains and relay_networks may be repeated.
+// domains and relay_networks may be repeated; every other option is given
+// at most once (to counts the argument after relay).
 func (r *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the sub-handler name
+
+	seen := map[string]bool{} // the options given, each at most once
 	if d.NextArg() {
 		r.To = d.Val()
+		seen["to"] = true
 		if d.NextArg() {
 			return d.ArgErr()
 		}
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
+		if seen[opt] && opt != "domains" && opt != "relay_networks" {
+			return d.Errf("relay: %s: given twice", opt)
+		}
+		seen[opt] = true
 		switch opt {
 		case "to", "auth_user", "auth_password", "tls_server_name", "tls_ca", "resolver":
 			var v string

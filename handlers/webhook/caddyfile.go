@@ -22,16 +22,26 @@ import (
 //		temp_dir <dir>
 //		permanent_statuses <status...>
 //	}
+//
+// header and permanent_statuses may be repeated; every other option is
+// given at most once (url counts the argument after webhook).
 func (w *Webhook) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the sub-handler name
+
+	seen := map[string]bool{} // the options given, each at most once
 	if d.NextArg() {
 		w.URL = d.Val()
+		seen["url"] = true
 		if d.NextArg() {
 			return d.ArgErr()
 		}
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
+		if seen[opt] && opt != "header" && opt != "permanent_statuses" {
+			return d.Errf("webhook: %s: given twice", opt)
+		}
+		seen[opt] = true
 		switch opt {
 		case "url", "format", "secret", "temp_dir":
 			var v string
