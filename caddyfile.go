@@ -13,6 +13,7 @@ import (
 	"github.com/mholt/caddy-l4/layer4"
 
 	"github.com/caddy-esmtp/caddy-esmtp/handlers/match"
+	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
 )
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -45,9 +46,11 @@ import (
 //		<sub-handler> [@<name>] [<args...>] [{ ... }]   # e.g. maildir @local ./mail
 //	}
 //
-// Any directive that is not an option above is a sub-handler: `maildir`
-// becomes the module esmtp.handlers.maildir, in the order written. A named
-// matcher after the sub-handler's name wraps it in esmtp.handlers.match.
+// Each option is given at most once, except xclient_networks, whose
+// ranges accumulate. Any directive that is not an option above is a
+// sub-handler: `maildir` becomes the module esmtp.handlers.maildir, in the
+// order written. A named matcher after the sub-handler's name wraps it in
+// esmtp.handlers.match. Sub-handlers may repeat; named matchers may not.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume the handler name
 	matchers := map[string]*match.Match{}
@@ -55,14 +58,28 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	seen := map[string]bool{} // the options given, each at most once
+	once := func(opt string) error {
+		if seen[opt] {
+			return d.Errf("%s: given twice", opt)
+		}
+		seen[opt] = true
+		return nil
+	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
 		switch opt {
 		case "spool_dir":
+			if err := once(opt); err != nil {
+				return err
+			}
 			if !d.Args(&h.SpoolDir) || d.NextArg() {
 				return d.ArgErr()
 			}
 		case "hostname", "greeting", "bare_line_endings":
+			if err := once(opt); err != nil {
+				return err
+			}
 			var v string
 			if !d.Args(&v) || d.NextArg() {
 				return d.ArgErr()
@@ -79,6 +96,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.BareLineEndings = v
 			}
 		case "max_message_size", "chunk_size", "max_header_size", "spool_memory":
+			if err := once(opt); err != nil {
+				return err
+			}
 			n, err := sizeArg(d, opt)
 			if err != nil {
 				return err
@@ -94,6 +114,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.MaxHeaderSize = int(n)
 			}
 		case "max_connections", "max_connections_per_ip":
+			if err := once(opt); err != nil {
+				return err
+			}
 			var v string
 			if !d.Args(&v) || d.NextArg() {
 				return d.ArgErr()
@@ -110,12 +133,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.MaxConnectionsPerIP = n
 			}
 		case "min_data_rate":
+			if err := once(opt); err != nil {
+				return err
+			}
 			n, err := sizeArg(d, opt)
 			if err != nil {
 				return err
 			}
 			h.MinDataRate = n
 		case "reject_early_talkers":
+			if err := once(opt); err != nil {
+				return err
+			}
 			h.RejectEarlyTalkers = true
 			if d.NextArg() {
 				dur, err := caddy.ParseDuration(d.Val())
@@ -128,6 +157,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 		case "max_recipients", "max_errors", "max_line_length":
+			if err := once(opt); err != nil {
+				return err
+			}
 			var v string
 			if !d.Args(&v) || d.NextArg() {
 				return d.ArgErr()
@@ -145,6 +177,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.MaxLineLength = n
 			}
 		case "command_timeout", "data_timeout", "handler_timeout", "grace_period":
+			if err := once(opt); err != nil {
+				return err
+			}
 			var v string
 			if !d.Args(&v) || d.NextArg() {
 				return d.ArgErr()
@@ -164,6 +199,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.GracePeriod = caddy.Duration(dur)
 			}
 		case "starttls":
+			if err := once(opt); err != nil {
+				return err
+			}
 			if d.NextArg() {
 				return d.ArgErr()
 			}
@@ -179,6 +217,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.StartTLS.ConnectionPolicies = append(h.StartTLS.ConnectionPolicies, cp)
 			}
 		case "require_tls", "log_transcript":
+			if err := once(opt); err != nil {
+				return err
+			}
 			if d.NextArg() {
 				return d.ArgErr()
 			}
@@ -192,7 +233,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(args) == 0 {
 				return d.ArgErr()
 			}
-			if _, err := parsePrefixes(args); err != nil {
+			if _, err := clientnet.ParsePrefixes(args); err != nil {
 				return d.Errf("xclient_networks: %v", err)
 			}
 			h.XClientNetworks = append(h.XClientNetworks, args...)
@@ -299,7 +340,7 @@ func addCondition(d *caddyfile.Dispenser, m *match.Match, kind string, args []st
 		case "sender":
 			m.Senders = append(m.Senders, args...)
 		default:
-			if _, err := parsePrefixes(args); err != nil {
+			if _, err := clientnet.ParsePrefixes(args); err != nil {
 				return d.Errf("matcher remote_ip: %v", err)
 			}
 			m.RemoteIP = append(m.RemoteIP, args...)

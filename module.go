@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-esmtp/caddy-esmtp/handlers/match"
+	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 
 	// Every sub-handler of this repository, so that
@@ -182,7 +182,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	xclient, err := parsePrefixes(h.XClientNetworks)
+	xclient, err := clientnet.ParsePrefixes(h.XClientNetworks)
 	if err != nil {
 		return fmt.Errorf("esmtp: xclient_networks: %v", err)
 	}
@@ -290,27 +290,6 @@ func (h *Handler) provisionTLS(ctx caddy.Context, hostname string) (*tls.Config,
 	}
 	h.StartTLS.ConnectionPolicies = policies
 	return policies.TLSConfig(ctx), nil
-}
-
-// parsePrefixes parses CIDR ranges or single addresses.
-func parsePrefixes(list []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, v := range list {
-		if strings.Contains(v, "/") {
-			p, err := netip.ParsePrefix(v)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, p.Masked())
-			continue
-		}
-		a, err := netip.ParseAddr(v)
-		if err != nil {
-			return nil, fmt.Errorf("%q is not an IP address or CIDR range", v)
-		}
-		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
-	}
-	return out, nil
 }
 
 // defaultHostname is the machine's name when it is a valid domain.

@@ -147,6 +147,9 @@ func (a *Auth) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
+			if a.AllowInsecureAuth {
+				return d.Err("auth: allow_insecure_auth: given twice")
+			}
 			a.AllowInsecureAuth = true
 			continue
 		}

@@ -40,7 +40,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
-	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -191,7 +190,7 @@ func blockedText(ip netip.Addr, zone string) string {
 // listed returns the client's IP and the zone that lists it ("" for none),
 // looking it up once per session (per client after XCLIENT).
 func (b *DNSBL) listed(ctx context.Context, s *session.Session) (netip.Addr, string) {
-	ip := clientnet.AddrIP(s.RemoteAddr())
+	ip := s.RemoteIP()
 	if !ip.IsValid() {
 		return ip, ""
 	}
@@ -304,9 +303,11 @@ func reverse(ip netip.Addr) string {
 //		at       connect|rcpt
 //	}]
 //
-// zone may be repeated.
+// zone may be repeated; every other option is given at most once.
 func (b *DNSBL) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the sub-handler name
+
+	seen := map[string]bool{} // the options given, each at most once
 	addZones := func(zones []string) error {
 		for _, z := range zones {
 			if _, err := checkZone(z); err != nil {
@@ -321,6 +322,10 @@ func (b *DNSBL) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
+		if seen[opt] && opt != "zone" && opt != "zones" {
+			return d.Errf("dnsbl: %s: given twice", opt)
+		}
+		seen[opt] = true
 		switch opt {
 		case "zone", "zones":
 			args := d.RemainingArgs()

@@ -382,8 +382,14 @@ func (e *Exec) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if args := d.RemainingArgs(); len(args) > 0 {
 		e.Command, e.Args = args[0], args[1:]
 	}
+	seen := map[string]bool{} // the options given, each at most once
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		switch opt := d.Val(); opt {
+		opt := d.Val()
+		if seen[opt] && opt != "command" { // command: checked below, with the arguments
+			return d.Errf("exec: %s: given twice", opt)
+		}
+		seen[opt] = true
+		switch opt {
 		case "command":
 			args := d.RemainingArgs()
 			if len(args) == 0 {

@@ -41,7 +41,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -208,7 +207,7 @@ func (g *Greylist) Rcpt(_ context.Context, s *session.Session, to session.Path, 
 	if s.AuthUser() != "" {
 		return nil, nil
 	}
-	network, ok := g.network(s.RemoteAddr())
+	network, ok := g.network(s)
 	if !ok {
 		return nil, nil
 	}
@@ -228,11 +227,18 @@ func (g *Greylist) Rcpt(_ context.Context, s *session.Session, to session.Path, 
 	return replyGreylisted, nil
 }
 
-// network is the client's network as a string, such as 192.0.2.0/24. ok
-// is false for an exempt client.
-func (g *Greylist) network(a net.Addr) (string, bool) {
-	network, _, ok := clientnet.Network(a, g.exempt, g.IPv4Prefix, g.IPv6Prefix)
-	return network, ok
+// network is the session's client network as a string, such as
+// 192.0.2.0/24, or the client address itself when it is no IP (a unix
+// socket). ok is false for an exempt client.
+func (g *Greylist) network(s *session.Session) (string, bool) {
+	ip := s.RemoteIP()
+	if !ip.IsValid() {
+		if a := s.RemoteAddr(); a != nil {
+			return a.String(), true
+		}
+		return "", true
+	}
+	return clientnet.Network(ip, g.exempt, g.IPv4Prefix, g.IPv6Prefix)
 }
 
 func (g *Greylist) limits() limits {
@@ -488,14 +494,19 @@ func (st *store) save() (int, error) {
 //	}]
 //
 // Durations are Caddy durations: 30s, 5m, 24h, 36d. exempt may be
-// repeated.
+// repeated; every other option is given at most once.
 func (g *Greylist) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the sub-handler name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	seen := map[string]bool{} // the options given, each at most once
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
+		if seen[opt] && opt != "exempt" {
+			return d.Errf("greylist: %s: given twice", opt)
+		}
+		seen[opt] = true
 		switch opt {
 		case "delay", "expire", "keep":
 			var v string
@@ -540,8 +551,10 @@ func (g *Greylist) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(args) == 0 {
 				return d.ArgErr()
 			}
-			if _, err := clientnet.ParseNetworks("greylist", args); err != nil {
-				return d.Err(err.Error())
+			for i, v := range args {
+				if _, err := clientnet.ParsePrefix(v); err != nil {
+					return d.Errf("greylist: exempt[%d]: %v", i, err)
+				}
 			}
 			g.Exempt = append(g.Exempt, args...)
 		default:

@@ -569,7 +569,14 @@ func (m *Maildir) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.ArgErr()
 		}
 	}
+	// Each option is given at most once; path in the block replaces the
+	// argument after maildir.
+	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if seen[d.Val()] {
+			return d.Errf("maildir: %s: given twice", d.Val())
+		}
+		seen[d.Val()] = true
 		switch d.Val() {
 		case "path":
 			if !d.AllArgs(&m.Path) {

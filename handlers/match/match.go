@@ -21,12 +21,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
-	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-esmtp/caddy-esmtp/handlers/recipients"
+	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -112,25 +111,13 @@ func (m *Match) parseConditions() error {
 		}
 	}
 	for i, v := range m.RemoteIP {
-		p, err := parsePrefix(v)
+		p, err := clientnet.ParsePrefix(v)
 		if err != nil {
 			return fmt.Errorf("match: remote_ip[%d]: %v", i, err)
 		}
 		m.nets = append(m.nets, p)
 	}
 	return nil
-}
-
-func parsePrefix(v string) (netip.Prefix, error) {
-	if strings.Contains(v, "/") {
-		p, err := netip.ParsePrefix(v)
-		return p.Masked(), err
-	}
-	a, err := netip.ParseAddr(v)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("%q is not an IP address or CIDR range", v)
-	}
-	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 }
 
 // MatchSession checks the conditions known before MAIL: TLS, AUTH and the
@@ -142,11 +129,8 @@ func (m *Match) MatchSession(s *session.Session) bool {
 	if m.Authenticated != nil && *m.Authenticated != (s.AuthUser() != "") {
 		return false
 	}
-	if len(m.nets) > 0 {
-		ip := s.RemoteIP()
-		if !ip.IsValid() || !slices.ContainsFunc(m.nets, func(p netip.Prefix) bool { return p.Contains(ip) }) {
-			return false
-		}
+	if len(m.nets) > 0 && !clientnet.Contains(m.nets, s.RemoteIP()) {
+		return false
 	}
 	return true
 }

@@ -197,7 +197,7 @@ func (rl *RateLimit) Connect(_ context.Context, s *session.Session) (*session.Re
 	if rl.limits[connections] == nil {
 		return nil, nil
 	}
-	key, ok := rl.addrKey(s.RemoteAddr())
+	key, ok := rl.addrKey(s)
 	if !ok {
 		return nil, nil
 	}
@@ -222,7 +222,7 @@ func (rl *RateLimit) takeClient(s *session.Session, k kind, over *session.Reply)
 	if rl.limits[k] == nil {
 		return nil
 	}
-	key, ok := rl.addrKey(s.RemoteAddr())
+	key, ok := rl.addrKey(s)
 	if !ok {
 		return nil
 	}
@@ -232,17 +232,19 @@ func (rl *RateLimit) takeClient(s *session.Session, k kind, over *session.Reply)
 	return rl.take(s, k, key, over)
 }
 
-// addrKey is the key of a client address: its network as ipv4_prefix and
-// ipv6_prefix say. ok is false for an exempt address.
-func (rl *RateLimit) addrKey(a net.Addr) (key string, ok bool) {
-	network, isIP, ok := clientnet.Network(a, rl.exempt, rl.IPv4Prefix, rl.IPv6Prefix)
-	switch {
-	case !ok:
-		return "", false
-	case isIP:
-		return "ip:" + network, true
+// addrKey is the key of the session's client address: its network as
+// ipv4_prefix and ipv6_prefix say, or the address itself when it is no IP
+// (a unix socket). ok is false for an exempt address.
+func (rl *RateLimit) addrKey(s *session.Session) (key string, ok bool) {
+	ip := s.RemoteIP()
+	if !ip.IsValid() {
+		return "addr:" + addrString(s.RemoteAddr()), true
 	}
-	return "addr:" + network, true
+	network, ok := clientnet.Network(ip, rl.exempt, rl.IPv4Prefix, rl.IPv6Prefix)
+	if !ok {
+		return "", false
+	}
+	return "ip:" + network, true
 }
 
 // take takes one token from the client's bucket of kind k, and returns
@@ -331,14 +333,20 @@ func addrString(a net.Addr) string {
 //		exempt      <cidr...>
 //	}
 //
-// A window is a Caddy duration: 30s, 1m, 1h, 1d. exempt may be repeated.
+// A window is a Caddy duration: 30s, 1m, 1h, 1d. exempt may be repeated;
+// every other option is given at most once.
 func (rl *RateLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the sub-handler name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	seen := map[string]bool{} // the options given, each at most once
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
+		if seen[opt] && opt != "exempt" {
+			return d.Errf("rate_limit: %s: given twice", opt)
+		}
+		seen[opt] = true
 		switch opt {
 		case "connections", "messages", "recipients":
 			var count, window string
@@ -384,8 +392,10 @@ func (rl *RateLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(args) == 0 {
 				return d.ArgErr()
 			}
-			if _, err := clientnet.ParseNetworks("rate_limit", args); err != nil {
-				return d.Err(err.Error())
+			for i, v := range args {
+				if _, err := clientnet.ParsePrefix(v); err != nil {
+					return d.Errf("rate_limit: exempt[%d]: %v", i, err)
+				}
 			}
 			rl.Exempt = append(rl.Exempt, args...)
 		default:

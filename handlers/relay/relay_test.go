@@ -259,6 +259,7 @@ func TestProvisionErrors(t *testing.T) {
 		{Relay{To: "smtp://example.test/x"}, "only scheme"},
 		{Relay{To: "mx", RelayNetworks: []string{"0.0.0.0/0"}}, "open relay"},
 		{Relay{To: "mx", RelayNetworks: []string{"::/0"}}, "open relay"},
+		{Relay{To: "mx", RelayNetworks: []string{"::ffff:0.0.0.0/96"}}, "open relay"}, // every IPv4 client
 		{Relay{To: "mx", RelayNetworks: []string{"nonsense"}}, "relay_networks[0]"},
 		{Relay{To: "mx", Domains: []string{"*"}}, "domains"},
 		{Relay{To: "mx", Domains: []string{"*@*"}}, "domains"},

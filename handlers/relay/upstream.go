@@ -9,10 +9,8 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"net/textproto"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -93,9 +91,6 @@ var (
 	replyNoTLS       = session.NewReply(451, "4.7.4", "Upstream mail server does not offer STARTTLS; try again later")
 	replyTLSFailed   = session.NewReply(451, "4.7.5", "TLS with the upstream mail server failed; try again later")
 	replyUpAuth      = session.NewReply(451, "4.7.0", "Authentication to the upstream mail server failed; try again later")
-	replyDNSTemp     = session.NewReply(451, "4.4.3", "DNS lookup of the recipient domain failed; try again later")
-	replyNoMX        = session.NewReply(550, "5.1.2", "Recipient domain has no mail server")
-	replyNullMX      = session.NewReply(556, "5.1.10", "Recipient domain does not accept mail (null MX)")
 )
 
 // setupError is a failure to set up an upstream connection: the reply for
@@ -332,184 +327,4 @@ func replyFor(err error) (*session.Reply, bool) {
 		return upstreamReply(se), true
 	}
 	return replyConnLost, false
-}
-
-// pool keeps idle connections to the smart host for the next messages.
-type pool struct {
-	mu     sync.Mutex
-	idle   []*upstream // oldest first
-	max    int
-	ttl    time.Duration
-	closed bool
-	timer  *time.Timer
-}
-
-// get returns an idle connection that answers RSET, or nil.
-func (p *pool) get(hello string, timeout time.Duration) *upstream {
-	for {
-		p.mu.Lock()
-		n := len(p.idle)
-		if n == 0 {
-			p.mu.Unlock()
-			return nil
-		}
-		up := p.idle[n-1]
-		p.idle = p.idle[:n-1]
-		p.mu.Unlock()
-		if up.hello != hello || time.Since(up.idle) > p.ttl {
-			go up.quit()
-			continue
-		}
-		up.c.CommandTimeout, up.uc.timeout = timeout, timeout
-		if err := up.c.Reset(); err != nil {
-			up.close()
-			continue
-		}
-		return up
-	}
-}
-
-// put keeps up for reuse, or quits it when the pool is full or closed.
-func (p *pool) put(up *upstream) {
-	p.mu.Lock()
-	if p.closed || len(p.idle) >= p.max {
-		p.mu.Unlock()
-		go up.quit()
-		return
-	}
-	up.idle = time.Now()
-	p.idle = append(p.idle, up)
-	if p.timer == nil {
-		p.timer = time.AfterFunc(p.ttl, p.expire)
-	}
-	p.mu.Unlock()
-}
-
-// expire quits the connections idle for longer than the ttl.
-func (p *pool) expire() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.timer = nil
-	keep := p.idle[:0]
-	for _, up := range p.idle {
-		if time.Since(up.idle) >= p.ttl {
-			go up.quit()
-		} else {
-			keep = append(keep, up)
-		}
-	}
-	clear(p.idle[len(keep):])
-	p.idle = keep
-	if len(p.idle) > 0 && !p.closed {
-		p.timer = time.AfterFunc(p.ttl-time.Since(p.idle[0].idle), p.expire)
-	}
-}
-
-// close quits the idle connections; connections put back later are quit
-// too.
-func (p *pool) close() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.closed = true
-	if p.timer != nil {
-		p.timer.Stop()
-		p.timer = nil
-	}
-	for _, up := range p.idle {
-		go up.quit()
-	}
-	p.idle = nil
-}
-
-// idleCount returns the number of idle connections (for tests).
-func (p *pool) idleCount() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.idle)
-}
-
-// maxTargets bounds the addresses tried for one recipient domain.
-const maxTargets = 10
-
-// mxTargets returns the addresses to try for domain, best first: its MX
-// hosts by preference, or the domain itself when it has no MX record
-// (RFC 5321 5.1), or the address of a literal such as [192.0.2.1].
-func (r *Relay) mxTargets(ctx context.Context, domain string) ([]target, *setupError) {
-	if strings.HasPrefix(domain, "[") {
-		lit := strings.TrimSuffix(strings.TrimPrefix(domain, "["), "]")
-		if len(lit) > 5 && strings.EqualFold(lit[:5], "IPv6:") {
-			lit = lit[5:]
-		}
-		ip, err := netip.ParseAddr(lit)
-		if err != nil {
-			return nil, failed(replyNoMX, "address literal %s: %v", domain, err)
-		}
-		return []target{{addr: netip.AddrPortFrom(ip, uint16(r.MXPort)).String(), name: ip.String()}}, nil
-	}
-	var hosts []string
-	implicit := false
-	mxs, err := r.resolver.LookupMX(ctx, domain)
-	switch {
-	case err == nil || len(mxs) > 0:
-		if len(mxs) == 1 && (mxs[0].Host == "." || mxs[0].Host == "") {
-			return nil, failed(replyNullMX, "%s has a null MX", domain)
-		}
-		for _, mx := range mxs {
-			if h := strings.TrimSuffix(mx.Host, "."); h != "" {
-				hosts = append(hosts, h)
-			}
-		}
-	case isNotFound(err):
-		hosts, implicit = []string{domain}, true
-	default:
-		return nil, failed(replyDNSTemp, "MX lookup of %s: %v", domain, err)
-	}
-	var targets []target
-	var lastErr error
-	for _, h := range hosts {
-		ips, err := r.resolver.LookupNetIP(ctx, "ip", h)
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		for _, ip := range ips {
-			targets = append(targets, target{addr: netip.AddrPortFrom(ip.Unmap(), uint16(r.MXPort)).String(), name: h})
-		}
-		if len(targets) >= maxTargets {
-			return targets[:maxTargets], nil
-		}
-	}
-	if len(targets) == 0 {
-		if implicit && isNotFound(lastErr) {
-			return nil, failed(replyNoMX, "%s has no MX and no address", domain)
-		}
-		return nil, failed(replyDNSTemp, "no address for the mail servers of %s: %v", domain, lastErr)
-	}
-	return targets, nil
-}
-
-func isNotFound(err error) bool {
-	var de *net.DNSError
-	return errors.As(err, &de) && de.IsNotFound
-}
-
-// dialMX connects to the first mail server of domain that answers.
-func (r *Relay) dialMX(ctx context.Context, domain, hello string) (*upstream, *setupError) {
-	targets, serr := r.mxTargets(ctx, domain)
-	if serr != nil {
-		return nil, serr
-	}
-	var last *setupError
-	for _, t := range targets {
-		up, serr := r.connect(ctx, t, hello)
-		if serr == nil {
-			return up, nil
-		}
-		r.logger.Debug("mail server failed, trying the next", zap.String("domain", domain), zap.String("upstream", t.addr), zap.Error(serr))
-		last = serr
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	return nil, last
 }

@@ -312,6 +312,9 @@ func (r *Reply) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
+			if r.Close {
+				return d.Err("reply: close given twice")
+			}
 			r.Close = true
 		default:
 			return d.Errf("reply: unknown option %q (known: event, code, enhanced, line, close)", opt)

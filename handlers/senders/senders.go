@@ -116,6 +116,9 @@ func (s *Senders) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
+			if s.RejectNullSender {
+				return d.Err("senders: reject_null_sender: given twice")
+			}
 			s.RejectNullSender = true
 			return nil
 		})

@@ -1,0 +1,107 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-esmtp/caddy-esmtp/session"
+)
+
+// Replies for failures of the MX lookup: temporary when DNS failed, and
+// permanent when the domain has no mail server or refuses mail.
+var (
+	replyDNSTemp = session.NewReply(451, "4.4.3", "DNS lookup of the recipient domain failed; try again later")
+	replyNoMX    = session.NewReply(550, "5.1.2", "Recipient domain has no mail server")
+	replyNullMX  = session.NewReply(556, "5.1.10", "Recipient domain does not accept mail (null MX)")
+)
+
+// maxTargets bounds the addresses tried for one recipient domain.
+const maxTargets = 10
+
+// mxTargets returns the addresses to try for domain, best first: its MX
+// hosts by preference, or the domain itself when it has no MX record
+// (RFC 5321 5.1), or the address of a literal such as [192.0.2.1].
+func (r *Relay) mxTargets(ctx context.Context, domain string) ([]target, *setupError) {
+	if strings.HasPrefix(domain, "[") {
+		lit := strings.TrimSuffix(strings.TrimPrefix(domain, "["), "]")
+		if len(lit) > 5 && strings.EqualFold(lit[:5], "IPv6:") {
+			lit = lit[5:]
+		}
+		ip, err := netip.ParseAddr(lit)
+		if err != nil {
+			return nil, failed(replyNoMX, "address literal %s: %v", domain, err)
+		}
+		return []target{{addr: netip.AddrPortFrom(ip, uint16(r.MXPort)).String(), name: ip.String()}}, nil
+	}
+	var hosts []string
+	implicit := false
+	mxs, err := r.resolver.LookupMX(ctx, domain)
+	switch {
+	case err == nil || len(mxs) > 0:
+		if len(mxs) == 1 && (mxs[0].Host == "." || mxs[0].Host == "") {
+			return nil, failed(replyNullMX, "%s has a null MX", domain)
+		}
+		for _, mx := range mxs {
+			if h := strings.TrimSuffix(mx.Host, "."); h != "" {
+				hosts = append(hosts, h)
+			}
+		}
+	case isNotFound(err):
+		hosts, implicit = []string{domain}, true
+	default:
+		return nil, failed(replyDNSTemp, "MX lookup of %s: %v", domain, err)
+	}
+	var targets []target
+	var lastErr error
+	for _, h := range hosts {
+		ips, err := r.resolver.LookupNetIP(ctx, "ip", h)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		for _, ip := range ips {
+			targets = append(targets, target{addr: netip.AddrPortFrom(ip.Unmap(), uint16(r.MXPort)).String(), name: h})
+		}
+		if len(targets) >= maxTargets {
+			return targets[:maxTargets], nil
+		}
+	}
+	if len(targets) == 0 {
+		if implicit && isNotFound(lastErr) {
+			return nil, failed(replyNoMX, "%s has no MX and no address", domain)
+		}
+		return nil, failed(replyDNSTemp, "no address for the mail servers of %s: %v", domain, lastErr)
+	}
+	return targets, nil
+}
+
+func isNotFound(err error) bool {
+	var de *net.DNSError
+	return errors.As(err, &de) && de.IsNotFound
+}
+
+// dialMX connects to the first mail server of domain that answers.
+func (r *Relay) dialMX(ctx context.Context, domain, hello string) (*upstream, *setupError) {
+	targets, serr := r.mxTargets(ctx, domain)
+	if serr != nil {
+		return nil, serr
+	}
+	var last *setupError
+	for _, t := range targets {
+		up, serr := r.connect(ctx, t, hello)
+		if serr == nil {
+			return up, nil
+		}
+		r.logger.Debug("mail server failed, trying the next", zap.String("domain", domain), zap.String("upstream", t.addr), zap.Error(serr))
+		last = serr
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, last
+}
