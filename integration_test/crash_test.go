@@ -1,11 +1,11 @@
 package integration_test
 
 import (
-	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -21,7 +21,10 @@ const crashCaddyfile = `{
 				esmtp {
 					hostname crash.example.test
 					max_message_size 4MiB
+					spool_dir %MAIL%-spool
+					example_judge
 					maildir %MAIL%
+					maildir %MAIL%-copy
 				}
 			}
 		}
@@ -33,13 +36,16 @@ const crashCaddyfile = `{
 const crashKillPoints = 3
 
 // TestCrashNothingAcknowledgedIsLost runs the real Caddy binary with a
-// Maildir, sends mail from 8 parallel clients, and kills Caddy with SIGKILL
-// at a random moment (after a random number of 250s, with the clients
-// anywhere in their transactions and one client known to be in the middle
-// of DATA), then starts it again; three times, then a last round ends with
-// a graceful stop. Then: every message that got a 250 is in new/ byte for
-// byte, every file in new/ is a complete message that was sent, and the
-// tmp/ files each kill left were removed when Caddy started again.
+// judge and two Maildirs in its list, sends mail from 8 parallel clients,
+// and kills Caddy with SIGKILL at a random moment (after a random number of
+// 250s, with the clients anywhere in their transactions and one client
+// known to be in the middle of DATA with a message big enough to be
+// spooled to a file), then starts it again; three times, then a last round
+// ends with a graceful stop. Then: every message that got a 250 is in both
+// Maildirs' new/ byte for byte with the judge's field, every file in new/
+// is a complete message that was sent, the spool directory never shows a
+// file (spool files are unlinked at once), and tmp/ files a kill left were
+// removed when Caddy started again.
 func TestCrashNothingAcknowledgedIsLost(t *testing.T) {
 	t.Parallel()
 	seed := uint64(time.Now().UnixNano())
@@ -47,6 +53,10 @@ func TestCrashNothingAcknowledgedIsLost(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 1))
 	dir := t.TempDir()
 	maildir := filepath.Join(dir, "mail")
+	copyDir, spoolDir := maildir+"-copy", maildir+"-spool"
+	if err := os.Mkdir(spoolDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	config := processCaddyfile(t, dir, crashCaddyfile, 0, port, maildir)
@@ -64,7 +74,7 @@ func TestCrashNothingAcknowledgedIsLost(t *testing.T) {
 		proc := startCaddyProc(t, config, logPath, addr)
 		if phase > 0 {
 			// Caddy serves, so Provision has run; no client has sent yet.
-			left := tmpFiles(t, maildir)
+			left := append(tmpFiles(t, maildir), tmpFiles(t, copyDir)...)
 			kills[phase-1].afterRestart = len(left)
 			if len(left) > 0 {
 				t.Errorf("after restart %d tmp/ still holds %q", phase, left)
@@ -125,20 +135,20 @@ func TestCrashNothingAcknowledgedIsLost(t *testing.T) {
 		}
 
 		if !last {
-			// One client stops in the middle of DATA, after more than
-			// maildir's write buffer, so that each kill surely leaves an
-			// unfinished delivery in tmp/.
+			// One client stops in the middle of DATA, past the 1 MiB a
+			// message may be spooled in memory, so that each kill surely
+			// cuts a message whose spool is a file.
 			sid := fmt.Sprintf("straggler%d", phase)
 			straggler, err := dialSMTP(addr, "straggler.client.test")
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer straggler.c.Close()
-			m := sizedLoadMsg(rng, sid, 200<<10)
-			if err := straggler.begin(m, 150<<10); err != nil {
+			m := sizedLoadMsg(rng, sid, 2<<20)
+			if err := straggler.begin(m, 3<<19); err != nil {
 				t.Fatalf("straggler: %v", err)
 			}
-			waitFor(t, "the straggler's file in tmp/", func() bool { return tmpHolds(maildir, sid) })
+			waitFor(t, "the straggler's spool file", func() bool { return holdsFileIn(proc.cmd.Process.Pid, spoolDir) })
 		}
 		waitFor(t, fmt.Sprintf("%d messages in phase %d", target, phase), func() bool {
 			return failed() || l.phaseAcked() >= target
@@ -153,9 +163,9 @@ func TestCrashNothingAcknowledgedIsLost(t *testing.T) {
 		} else {
 			proc.kill9()
 			wg.Wait()
-			kills[phase].leftovers = len(tmpFiles(t, maildir))
-			if kills[phase].leftovers == 0 {
-				t.Errorf("kill %d left nothing in tmp/, though the straggler was in DATA", phase+1)
+			kills[phase].leftovers = len(tmpFiles(t, maildir)) + len(tmpFiles(t, copyDir))
+			if left, _ := os.ReadDir(spoolDir); len(left) > 0 {
+				t.Errorf("kill %d left %d visible file(s) in the spool directory", phase+1, len(left))
 			}
 		}
 		for _, err := range clientErrs {
@@ -169,6 +179,20 @@ func TestCrashNothingAcknowledgedIsLost(t *testing.T) {
 	res := checkMaildir(t, maildir, l)
 	for _, b := range res.bad {
 		t.Errorf("new/: %s", b)
+	}
+	copyRes := checkMaildir(t, copyDir, l)
+	for _, b := range copyRes.bad {
+		t.Errorf("copy's new/: %s", b)
+	}
+	for id := range l.acked {
+		if res.found[id] != copyRes.found[id] {
+			t.Errorf("message %s: %d in the first Maildir, %d in the second", id, res.found[id], copyRes.found[id])
+		}
+	}
+	for id := range copyRes.found {
+		if res.found[id] == 0 {
+			t.Errorf("message %s is only in the second Maildir", id)
+		}
 	}
 	ackedPer := make([]int, crashKillPoints+1)
 	foundPer := make([]int, crashKillPoints+1)
@@ -208,18 +232,13 @@ func TestCrashNothingAcknowledgedIsLost(t *testing.T) {
 		len(l.started), len(l.acked), res.delivered, len(res.bad), lost)
 }
 
-// tmpHolds reports whether a file in dir/tmp contains s in its first 8 KiB.
-func tmpHolds(dir, s string) bool {
-	entries, _ := os.ReadDir(filepath.Join(dir, "tmp"))
-	for _, e := range entries {
-		f, err := os.Open(filepath.Join(dir, "tmp", e.Name()))
-		if err != nil {
-			continue
-		}
-		b := make([]byte, 8<<10)
-		n, _ := f.Read(b)
-		f.Close()
-		if bytes.Contains(b[:n], []byte(s)) {
+// holdsFileIn reports whether process pid has a file of dir open (its
+// name unlinked or not), as /proc shows it.
+func holdsFileIn(pid int, dir string) bool {
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err == nil && strings.HasPrefix(target, dir+"/") {
 			return true
 		}
 	}

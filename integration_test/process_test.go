@@ -23,7 +23,8 @@ var (
 	caddyBinErr  error
 )
 
-// caddyBinary builds ./cmd/caddy once per test run (with -race when the
+// caddyBinary builds ./testcaddy (cmd/caddy with the example sub-handlers)
+// once per test run (with -race when the
 // tests run with it, so races in the real process are caught too) into the
 // temporary directory TestMain removes, and returns its path.
 func caddyBinary(t *testing.T) string {
@@ -39,9 +40,9 @@ func caddyBinary(t *testing.T) string {
 		if raceEnabled {
 			args = append(args, "-race")
 		}
-		cmd := exec.Command("go", append(args, "../cmd/caddy")...)
+		cmd := exec.Command("go", append(args, "./testcaddy")...)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			caddyBinErr = fmt.Errorf("go build ../cmd/caddy: %v\n%s", err, out)
+			caddyBinErr = fmt.Errorf("go build ./testcaddy: %v\n%s", err, out)
 		}
 	})
 	if caddyBinErr != nil {
