@@ -3,7 +3,9 @@ package session
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -374,4 +376,149 @@ func FuzzBdatDecoder(f *testing.F) {
 			}
 		}
 	})
+}
+
+// FuzzSpoolEdits feeds a message through the assembler into a spool (in
+// memory or, with a tiny budget, a file), applies edits derived from the
+// input, and checks the rendered message against a plain reference: the
+// header split into fields, the edits applied to that list, the body kept
+// or replaced. Without edits the message comes back byte for byte.
+func FuzzSpoolEdits(f *testing.F) {
+	for _, s := range []string{
+		"Subject: x\r\n\r\nbody\r\n",
+		"Subject: a\r\n folded\r\nTo: b\r\nsubject: two\r\n\r\n" + strings.Repeat("body line\r\n", 60),
+		"no blank line\r\nbody",
+		"Subject: only headers\r\n",
+		"",
+		"\r\nbody only\r\n",
+	} {
+		f.Add([]byte(s), []byte{0, 1, 2}, uint64(3), false)
+		f.Add([]byte(s), []byte{3, 4, 5, 6, 7, 8}, uint64(7), true)
+	}
+	f.Fuzz(func(t *testing.T, in []byte, ops []byte, seed uint64, toFile bool) {
+		if len(ops) > 16 || bytes.ContainsAny(in, "\x00") {
+			return
+		}
+		// The decoder hands the assembler CRLF lines only; keep the
+		// input to that form.
+		in = bytes.ReplaceAll(bytes.ReplaceAll(in, []byte("\r"), nil), []byte("\n"), crlf)
+		budget := int64(0)
+		if toFile {
+			budget = 1
+		}
+		srv, err := newServer(Config{SpoolMemory: budget, SpoolDir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := newSession(srv, &memConn{}, ConnInfo{})
+		s.ctx = context.Background()
+		sp := newSpool(srv)
+		defer sp.release()
+		s.asm.reset(s, s.ctx, sp)
+		s.asm.stream = true
+		for _, p := range pieces(in, seed) {
+			s.asm.write(p)
+		}
+		s.asm.finish()
+		if s.asm.failure != nil {
+			return // too many fields, or a field over MaxHeaderSize
+		}
+		if sp.err != nil {
+			t.Fatal(sp.err)
+		}
+		txn := &Transaction{sp: sp}
+		fields, sep, body := refSplit(in)
+		names := []string{"Subject", "X-A", "to", "Received"}
+		for i, op := range ops {
+			name := names[int(op)%len(names)]
+			value := fmt.Sprintf("v%d\r\n\tfold", i)
+			switch op % 5 {
+			case 0:
+				txn.PrependHeader(name, value)
+				fields = slices.Insert(fields, 0, refField{name, renderField(name, value)})
+			case 1:
+				txn.InsertHeader(int(op/5)%4, name, value)
+				fields = slices.Insert(fields, min(int(op/5)%4, len(fields)), refField{name, renderField(name, value)})
+			case 2:
+				txn.ChangeHeader(name, 1+int(op/5)%2, value)
+				fields = refChange(fields, name, 1+int(op/5)%2, value)
+			case 3:
+				txn.DeleteHeader(name, 1)
+				fields = refChange(fields, name, 1, "")
+			case 4:
+				txn.AppendHeader(name, value)
+				fields = append(fields, refField{name, renderField(name, value)})
+			}
+		}
+		var want []byte
+		for _, fl := range fields {
+			want = append(want, fl.raw...)
+		}
+		want = append(append(want, sep...), body...)
+		got, err := txn.Message().Bytes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("in %q ops %v:\ngot  %q\nwant %q", in, ops, got, want)
+		}
+		if len(ops) == 0 && !bytes.Equal(got, in) {
+			t.Fatalf("without edits %q came back as %q", in, got)
+		}
+	})
+}
+
+// refField is a header field of the reference split.
+type refField struct {
+	name string
+	raw  []byte
+}
+
+// refSplit splits a CRLF message the plain way: fields (a line with a
+// name and a colon, and the lines starting with white space after it)
+// until the blank line (the separator) or a line that is neither (the
+// body starts there).
+func refSplit(in []byte) ([]refField, []byte, []byte) {
+	var fields []refField
+	rest := in
+	for len(rest) > 0 {
+		i := bytes.Index(rest, crlf)
+		if i < 0 {
+			return fields, nil, rest // a last line without CRLF starts the body
+		}
+		line := rest[:i+2]
+		switch {
+		case i == 0:
+			return fields, crlf, rest[2:]
+		case (line[0] == ' ' || line[0] == '\t') && len(fields) > 0:
+			last := &fields[len(fields)-1]
+			last.raw = append(last.raw, line...)
+		case fieldNameLen(line) > 0:
+			fields = append(fields, refField{string(line[:fieldNameLen(line)]), append([]byte(nil), line...)})
+		default:
+			return fields, nil, rest
+		}
+		rest = rest[i+2:]
+	}
+	return fields, nil, nil
+}
+
+// refChange is ChangeHeader on the reference list.
+func refChange(fields []refField, name string, n int, value string) []refField {
+	seen := 0
+	for i, f := range fields {
+		if strings.EqualFold(f.name, name) {
+			if seen++; seen == n {
+				if value == "" {
+					return slices.Delete(fields, i, i+1)
+				}
+				fields[i] = refField{f.name, renderField(f.name, value)}
+				return fields
+			}
+		}
+	}
+	if value != "" {
+		fields = append(fields, refField{name, renderField(name, value)})
+	}
+	return fields
 }
