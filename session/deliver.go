@@ -67,7 +67,7 @@ func (s *Session) judgeAndDeliver() *Reply {
 // job is one delivery of a message.
 type job struct {
 	hk       hooked[any]
-	d        *Delivery
+	d        Delivery
 	prepared Prepared
 }
 
@@ -90,31 +90,36 @@ func (s *Session) runDeliveries() *Reply {
 			return replyUndeliverable
 		}
 	}
-	var jobs []*job
+	jobs := s.jobs[:0] // the session's, reused by its next messages
+	defer func() {
+		clear(jobs)
+		s.jobs = jobs[:0]
+	}()
 	for _, hk := range s.srv.hooks.deliveries {
 		rs := s.recipientsFor(hk.match)
 		if len(rs) == 0 {
 			continue
 		}
-		jobs = append(jobs, &job{hk: hk, d: &Delivery{From: txn.From, MailParams: txn.MailParams,
+		jobs = append(jobs, job{hk: hk, d: Delivery{From: txn.From, MailParams: txn.MailParams,
 			Recipients: rs, Message: msg}})
 	}
 	rollback := func() {
-		for _, j := range jobs {
-			if j.prepared != nil {
+		for i := range jobs {
+			if j := &jobs[i]; j.prepared != nil {
 				s.safely("rollback", j.hk.name, j.prepared.Rollback)
 				j.prepared = nil
 			}
 		}
 	}
-	for _, j := range jobs { // prepares first: they can still be taken back
+	for i := range jobs { // prepares first: they can still be taken back
+		j := &jobs[i]
 		p, ok := j.hk.h.(PrepareHook)
 		if !ok {
 			continue
 		}
 		if r := invoke(s, "prepare", j.hk, nil, func(ctx context.Context, _ any) (*Reply, error) {
 			var err error
-			j.prepared, err = p.Prepare(ctx, s, j.d)
+			j.prepared, err = p.Prepare(ctx, s, &j.d)
 			return nil, err
 		}); r != nil {
 			rollback()
@@ -124,19 +129,21 @@ func (s *Session) runDeliveries() *Reply {
 			j.prepared = nothingPrepared{}
 		}
 	}
-	for _, j := range jobs {
+	for i := range jobs {
+		j := &jobs[i]
 		if _, ok := j.hk.h.(PrepareHook); ok {
 			continue
 		}
 		d := j.hk.h.(DeliverHook)
 		if r := invoke(s, "deliver", j.hk, nil, func(ctx context.Context, _ any) (*Reply, error) {
-			return nil, d.Deliver(ctx, s, j.d)
+			return nil, d.Deliver(ctx, s, &j.d)
 		}); r != nil {
 			rollback()
 			return r
 		}
 	}
-	for _, j := range jobs {
+	for i := range jobs {
+		j := &jobs[i]
 		if j.prepared == nil {
 			continue
 		}

@@ -53,6 +53,7 @@ type Session struct {
 	streamCancel   context.CancelFunc
 	streamDeadline time.Time
 
+	jobs      []job    // the deliveries of the message at its end, reused
 	remoteStr string   // remoteOf's String(), for log lines
 	remoteOf  net.Addr // the address remoteStr was made from
 	heloLog   string   // Sanitize(heloLogOf, 255), for log lines
