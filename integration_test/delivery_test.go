@@ -200,6 +200,70 @@ func TestWebhookJSON(t *testing.T) {
 	}
 }
 
+// TestWebhookJudged: in real Caddy, a judge's edit reaches every webhook
+// delivery: a raw and a json webhook after example_judge both get the
+// message with the judge's field first, signed over what they got.
+func TestWebhookJudged(t *testing.T) {
+	ok := func(int, http.ResponseWriter, *http.Request) {}
+	raw, js := newWebhookReceiver(t, ok), newWebhookReceiver(t, ok)
+	addr, _ := startCaddyfile(t, `{
+	admin off
+	persist_config off
+	layer4 {
+		127.0.0.1:%PORT% {
+			route {
+				esmtp {
+					hostname mx.example.test
+					example_judge
+					webhook `+raw.URL+` {
+						secret k
+					}
+					webhook `+js.URL+` {
+						format json
+						secret k
+					}
+				}
+			}
+		}
+	}
+}
+`)
+	if reply := sendMessage(t, addr, "b@example.test"); !strings.HasPrefix(reply, "250 2.0.0 ") {
+		t.Fatalf("end of data: %q", reply)
+	}
+	body := message[strings.Index(message, "\r\n\r\n")+4:]
+	judged := fmt.Sprintf("X-Example-Judge: passed; %d body bytes\r\n", len(body))
+	for name, rc := range map[string]*webhookReceiver{"raw": raw, "json": js} {
+		bodies, heads := rc.got()
+		if len(bodies) != 1 {
+			t.Fatalf("%s: %d requests, want 1", name, len(bodies))
+		}
+		mac := hmac.New(sha256.New, []byte("k"))
+		mac.Write(bodies[0])
+		if got, want := heads[0].Get("X-Esmtp-Signature"), "sha256="+hex.EncodeToString(mac.Sum(nil)); got != want {
+			t.Errorf("%s: signature %q, want %q", name, got, want)
+		}
+		if name == "raw" {
+			rest, found := strings.CutPrefix(string(bodies[0]), judged)
+			if !found {
+				t.Fatalf("raw: no judge's field first: %q", bodies[0])
+			}
+			splitReceived(t, []byte(rest), "mx.example.test", []byte(message))
+			continue
+		}
+		var m struct {
+			Headers []struct{ Name, Value string } `json:"headers"`
+			Body    string                         `json:"body"`
+		}
+		if err := json.Unmarshal(bodies[0], &m); err != nil {
+			t.Fatalf("json: %v", err)
+		}
+		if len(m.Headers) != 5 || m.Headers[0].Name+": "+m.Headers[0].Value+"\r\n" != judged || m.Headers[1].Name != "Received" || m.Body != body {
+			t.Errorf("json: %+v", m)
+		}
+	}
+}
+
 // TestExecCaddyfile: in real Caddy, exec pipes the message to a script
 // with the envelope in its arguments; exit 0 accepts, 75 defers, 67
 // (EX_NOUSER) rejects, 1 (a crash) defers.

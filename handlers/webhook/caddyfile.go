@@ -19,12 +19,12 @@ import (
 //		backoff  <duration>
 //		secret   <key>
 //		header   <name> <value>
-//		temp_dir <dir>
 //		permanent_statuses <status...>
 //	}
 //
 // header and permanent_statuses may be repeated; every other option is
-// given at most once (url counts the argument after webhook).
+// given at most once (url counts the argument after webhook). temp_dir
+// <dir> is still accepted and ignored (see Webhook.TempDir).
 func (w *Webhook) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the sub-handler name
 
@@ -113,7 +113,7 @@ func (w *Webhook) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				w.PermanentStatuses = append(w.PermanentStatuses, n)
 			}
 		default:
-			return d.Errf("webhook: unknown option %q (known: url, format, timeout, retries, backoff, secret, header, temp_dir, permanent_statuses)", opt)
+			return d.Errf("webhook: unknown option %q (known: url, format, timeout, retries, backoff, secret, header, permanent_statuses)", opt)
 		}
 	}
 	if w.URL == "" {

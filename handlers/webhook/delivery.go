@@ -2,11 +2,13 @@ package webhook
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -26,7 +28,7 @@ type result struct {
 
 // deliver POSTs until success, a permanent failure, the last retry, or the
 // end of the time the engine gives the hook.
-func (w *Webhook) deliver(ctx context.Context, s *session.Session, sp *spool) result {
+func (w *Webhook) deliver(ctx context.Context, s *session.Session, header http.Header, p *payload) result {
 	var deadline time.Time
 	if dl, ok := ctx.Deadline(); ok {
 		// Keep a little time to answer before the engine's
@@ -34,7 +36,6 @@ func (w *Webhook) deliver(ctx context.Context, s *session.Session, sp *spool) re
 		left := time.Until(dl)
 		deadline = dl.Add(-min(left/10, time.Second))
 	}
-	header := w.requestHeader(s, sp)
 	backoff := time.Duration(w.Backoff)
 	var res result
 	for {
@@ -49,7 +50,7 @@ func (w *Webhook) deliver(ctx context.Context, s *session.Session, sp *spool) re
 			return res
 		}
 		res.attempts++
-		w.attempt(ctx, timeout, header, sp, &res)
+		w.attempt(ctx, timeout, header, p, &res)
 		if res.ok || res.permanent || res.attempts > w.retries {
 			return res
 		}
@@ -73,16 +74,18 @@ func (w *Webhook) deliver(ctx context.Context, s *session.Session, sp *spool) re
 }
 
 // attempt makes one POST and records its outcome in res.
-func (w *Webhook) attempt(ctx context.Context, timeout time.Duration, header http.Header, sp *spool, res *result) {
+func (w *Webhook) attempt(ctx context.Context, timeout time.Duration, header http.Header, p *payload, res *result) {
 	actx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(actx, http.MethodPost, w.url, sp.reader())
+	var bodies attemptBodies
+	defer bodies.end()
+	req, err := http.NewRequestWithContext(actx, http.MethodPost, w.url, bodies.open(p))
 	if err != nil {
 		res.err = err
 		return
 	}
-	req.ContentLength = sp.size
-	req.GetBody = func() (io.ReadCloser, error) { return sp.reader(), nil }
+	req.ContentLength = p.size
+	req.GetBody = func() (io.ReadCloser, error) { return bodies.open(p), nil }
 	req.Header = header.Clone()
 	if host := header.Get("Host"); host != "" {
 		req.Host = host
@@ -112,4 +115,60 @@ func (w *Webhook) attempt(ctx context.Context, timeout time.Duration, header htt
 	default:
 		res.err = fmt.Errorf("status %s", res.statusText)
 	}
+}
+
+// attemptBodies are the request bodies of one attempt: the first and any
+// the transport asks for again (GetBody). The transport may still read a
+// body after Do returned (a receiver that answered before reading it all);
+// end makes every body fail from then on, so nothing reads the message
+// once the delivery is over and the engine frees its spool.
+type attemptBodies struct {
+	mu     sync.Mutex
+	bodies []*body
+}
+
+// open returns a new body reading p from its start.
+func (a *attemptBodies) open(p *payload) *body {
+	b := &body{r: p.open()}
+	a.mu.Lock()
+	a.bodies = append(a.bodies, b)
+	a.mu.Unlock()
+	return b
+}
+
+// end closes every body, waiting for a read in progress to return.
+func (a *attemptBodies) end() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, b := range a.bodies {
+		b.Close()
+	}
+}
+
+// body is a request body that fails once closed.
+type body struct {
+	mu     sync.Mutex
+	r      io.Reader
+	closed bool
+}
+
+var errBodyClosed = errors.New("webhook: request body read after its attempt ended")
+
+// Read reads from the message, or fails once the body is closed.
+func (b *body) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return 0, errBodyClosed
+	}
+	return b.r.Read(p)
+}
+
+// Close makes later reads fail.
+func (b *body) Close() error {
+	b.mu.Lock()
+	b.closed = true
+	b.r = nil
+	b.mu.Unlock()
+	return nil
 }

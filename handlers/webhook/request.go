@@ -1,16 +1,77 @@
 package webhook
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"hash"
+	"io"
 	"net/http"
 
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
-// requestHeader returns the request headers of a delivery.
-func (w *Webhook) requestHeader(s *session.Session, sp *spool) http.Header {
-	txn := s.Transaction()
+// payload is the request body of one delivery: its size and signature,
+// and a way to read it from the start for each attempt.
+type payload struct {
+	size      int64
+	signature string           // "sha256=<hex>", or "" without a secret
+	open      func() io.Reader // a fresh reader of the body
+}
+
+// payload prepares the request body of d. The raw body is the message
+// itself; the json body is encoded from it as it is sent. Both are read
+// once here when their length or signature needs it: the json body to
+// count it, either one to sign it.
+func (w *Webhook) payload(s *session.Session, d *session.Delivery) (*payload, error) {
+	msg := d.Message
+	p := &payload{}
+	var mac hash.Hash
+	if w.secret != nil {
+		mac = hmac.New(sha256.New, w.secret)
+	}
+	if w.json {
+		env, err := json.Marshal(w.envelope(s, d))
+		if err != nil {
+			return nil, err
+		}
+		p.open = func() io.Reader { return newJSONEncoder(env, msg.Reader()) }
+		var count countingWriter
+		var dst io.Writer = &count
+		if mac != nil {
+			dst = io.MultiWriter(&count, mac)
+		}
+		if _, err := newJSONEncoder(env, msg.Reader()).WriteTo(dst); err != nil {
+			return nil, err
+		}
+		p.size = int64(count)
+	} else {
+		p.open = msg.Reader
+		p.size = msg.Size()
+		if mac != nil {
+			if _, err := msg.WriteTo(mac); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if mac != nil {
+		p.signature = "sha256=" + hex.EncodeToString(mac.Sum(nil))
+	}
+	return p, nil
+}
+
+// countingWriter counts the bytes written to it.
+type countingWriter int64
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	*c += countingWriter(len(p))
+	return len(p), nil
+}
+
+// requestHeader returns the request headers of a delivery; signature is
+// the X-Esmtp-Signature value, or "".
+func (w *Webhook) requestHeader(s *session.Session, d *session.Delivery, signature string) http.Header {
 	h := http.Header{}
 	if w.json {
 		h.Set("Content-Type", "application/json")
@@ -21,16 +82,16 @@ func (w *Webhook) requestHeader(s *session.Session, sp *spool) http.Header {
 	for name, values := range w.headers {
 		h[name] = append([]string(nil), values...)
 	}
-	h.Set("X-Esmtp-Queue-Id", txn.ID)
-	h.Set("X-Esmtp-From", txn.From.Mailbox)
-	for _, rc := range txn.Recipients {
+	h.Set("X-Esmtp-Queue-Id", s.Transaction().ID)
+	h.Set("X-Esmtp-From", d.From.Mailbox)
+	for _, rc := range d.Recipients {
 		h.Add("X-Esmtp-Rcpt", rc.Path.Mailbox)
 	}
 	if a := s.RemoteAddr(); a != nil {
 		h.Set("X-Esmtp-Remote", a.String())
 	}
-	if sp.mac != nil {
-		h.Set("X-Esmtp-Signature", "sha256="+hex.EncodeToString(sp.mac.Sum(nil)))
+	if signature != "" {
+		h.Set("X-Esmtp-Signature", signature)
 	}
 	return h
 }
@@ -46,37 +107,21 @@ type envelope struct {
 	TLS        bool     `json:"tls"`
 }
 
-// start creates the spool of a transaction; in the json format it writes
-// the envelope and opens the header list.
-func (w *Webhook) start(s *session.Session) (*spool, error) {
-	sp, err := newSpool(w.TempDir, w.secret)
-	if err != nil {
-		return nil, err
+// envelope returns the envelope of a delivery for the json format.
+func (w *Webhook) envelope(s *session.Session, d *session.Delivery) envelope {
+	env := envelope{
+		QueueID:    s.Transaction().ID,
+		From:       d.From.Mailbox,
+		Recipients: make([]string, 0, len(d.Recipients)),
+		Helo:       s.Helo(),
+		Auth:       s.AuthUser(),
+		TLS:        s.TLS() != nil,
 	}
-	if w.json {
-		txn := s.Transaction()
-		env := envelope{
-			QueueID:    txn.ID,
-			From:       txn.From.Mailbox,
-			Recipients: make([]string, 0, len(txn.Recipients)),
-			Helo:       s.Helo(),
-			Auth:       s.AuthUser(),
-			TLS:        s.TLS() != nil,
-		}
-		for _, rc := range txn.Recipients {
-			env.Recipients = append(env.Recipients, rc.Path.Mailbox)
-		}
-		if a := s.RemoteAddr(); a != nil {
-			env.Remote = a.String()
-		}
-		b, err := json.Marshal(env)
-		if err != nil {
-			sp.Close()
-			return nil, err
-		}
-		sp.writeString(`{"envelope":`)
-		sp.write(b)
-		sp.writeString(`,"headers":[`)
+	for _, rc := range d.Recipients {
+		env.Recipients = append(env.Recipients, rc.Path.Mailbox)
 	}
-	return sp, nil
+	if a := s.RemoteAddr(); a != nil {
+		env.Remote = a.String()
+	}
+	return env
 }

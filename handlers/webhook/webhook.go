@@ -2,19 +2,26 @@
 // each accepted message by an HTTP POST to a URL, and answers 250 only once
 // the receiver has answered 2xx.
 //
-// The message is spooled to a temporary file while it arrives (never held
-// in memory) and POSTed from that file at end of message, in one of two
-// formats:
+// It is a delivery (session.DeliverHook): at end of data, once every judge
+// accepted the message, it POSTs the final message the engine gives it
+// (session.Delivery: the envelope after any judge's changes, the
+// recipients this delivery is for, and the message with our Received:
+// field first and every edit applied). The engine keeps the one spool of
+// the message; the webhook keeps no copy of its own and no temporary
+// file: each attempt reads the message again from the engine's spool. The
+// body is one of two formats:
 //
-//   - raw: the message as received, our Received: field first, byte for
-//     byte, as Content-Type message/rfc822;
+//   - raw: the final message, byte for byte, as Content-Type
+//     message/rfc822;
 //   - json: a JSON object with the envelope, the header fields and the body
-//     text (see [Webhook.Format] for its shape and limits).
+//     text (see [Webhook.Format] for its shape and limits), encoded while
+//     it is sent, never held whole in memory.
 //
 // The envelope also travels in request headers (X-Esmtp-Queue-Id,
 // X-Esmtp-From, one X-Esmtp-Rcpt per recipient, X-Esmtp-Remote), and with a
 // secret the body is signed: X-Esmtp-Signature: sha256=<hex HMAC-SHA256 of
-// the body>.
+// the body>, computed in a first pass over the message. Every request has
+// a Content-Length (the json format is encoded once more to count it).
 //
 // A 2xx response accepts the message. A status listed in
 // [Webhook.PermanentStatuses] rejects it for good: 554 5.6.0, no retry.
@@ -25,12 +32,9 @@
 // thus delays mail instead of bouncing it; list the statuses your receiver
 // uses to refuse a message for good (such as 400, 413, 415).
 // Retries are bounded by the engine's handler_timeout, since the POST runs
-// inside the end-of-message event. A retry after a timeout may deliver a
-// message twice: receivers can use X-Esmtp-Queue-Id to recognise it.
-//
-// The temporary file is unlinked as soon as it is created (where the system
-// allows it), so even a crash leaves nothing behind; it is closed after
-// the POST and when a transaction is aborted.
+// inside the delivery event. A retry after a timeout may deliver a message
+// twice, and so may the client's retry after another delivery of the same
+// message failed: receivers can use X-Esmtp-Queue-Id to recognise it.
 package webhook
 
 import (
@@ -40,7 +44,6 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
@@ -69,8 +72,10 @@ type Webhook struct {
 	URL string `json:"url,omitempty"`
 	// Format is "raw" (default) or "json".
 	//
-	// raw: the body is the message as received, starting with our
-	// Received: field, byte for byte; Content-Type: message/rfc822.
+	// raw: the body is the final message, starting with our Received:
+	// field, byte for byte: as received, with the edits of the judges
+	// (headers added, changed or removed, a body replaced) applied;
+	// Content-Type: message/rfc822.
 	//
 	// json: Content-Type: application/json; the body is
 	//
@@ -80,8 +85,10 @@ type Webhook struct {
 	//	 "headers": [{"name": "Received", "value": "..."}, ...],
 	//	 "body": "..."}
 	//
-	// from is "" for the null sender <>, auth is the login or "". Header
-	// values are unfolded; the body is everything after the blank line
+	// Both are built from the final message and envelope: from is the
+	// sender after any judge's change ("" for the null sender <>),
+	// recipients are those this delivery is for (after matchers and
+	// judges), auth is the login or "". Header values are unfolded; the body is everything after the blank line
 	// that ends the header section, not MIME-decoded (base64 parts stay
 	// base64). JSON strings are Unicode: bytes that are not UTF-8 (8-bit
 	// text in other charsets, binary MIME) become U+FFFD, so use raw when
@@ -110,8 +117,11 @@ type Webhook struct {
 	// Content-Type, User-Agent or Host, but not the X-Esmtp-* headers,
 	// Content-Length or Transfer-Encoding.
 	Headers http.Header `json:"headers,omitempty"`
-	// TempDir is the directory for the spool files. Default: the system's
-	// temporary directory.
+	// TempDir is no longer used, and kept so that configurations that set
+	// it still load (with a warning): the webhook has no spool file of its
+	// own, the esmtp handler spools each message once (see its spool_dir).
+	//
+	// Deprecated: remove it; set spool_dir on the esmtp handler instead.
 	TempDir string `json:"temp_dir,omitempty"`
 	// PermanentStatuses lists the HTTP statuses, each from 400 to 599, that
 	// reject a message for good: the client gets 554 5.6.0 and bounces it
@@ -218,9 +228,8 @@ func (w *Webhook) Provision(ctx caddy.Context) error {
 		}
 	}
 	if w.TempDir != "" {
-		if fi, err := os.Stat(w.TempDir); err != nil || !fi.IsDir() {
-			return fmt.Errorf("webhook: temp_dir: %q is not a directory", w.TempDir)
-		}
+		w.logger.Warn("temp_dir is no longer used and is ignored: the esmtp handler spools each message once (see its spool_dir)",
+			zap.String("temp_dir", w.TempDir))
 	}
 	w.permanent = make(map[int]bool, len(w.PermanentStatuses))
 	for _, code := range w.PermanentStatuses {
@@ -279,12 +288,8 @@ func validHeaderName(name string) bool {
 
 // Interface guards
 var (
-	_ caddy.Provisioner        = (*Webhook)(nil)
-	_ caddy.CleanerUpper       = (*Webhook)(nil)
-	_ caddyfile.Unmarshaler    = (*Webhook)(nil)
-	_ session.HeaderHook       = (*Webhook)(nil)
-	_ session.EndOfHeadersHook = (*Webhook)(nil)
-	_ session.BodyHook         = (*Webhook)(nil)
-	_ session.MessageHook      = (*Webhook)(nil)
-	_ session.AbortHook        = (*Webhook)(nil)
+	_ caddy.Provisioner     = (*Webhook)(nil)
+	_ caddy.CleanerUpper    = (*Webhook)(nil)
+	_ caddyfile.Unmarshaler = (*Webhook)(nil)
+	_ session.DeliverHook   = (*Webhook)(nil)
 )
