@@ -343,3 +343,29 @@ func TestNoSpoolWithoutReaders(t *testing.T) {
 		t.Fatal("a message nobody reads was spooled")
 	}
 }
+
+// TestMessageReadAfterTheTransaction: a reader a delivery kept (an HTTP
+// client may read a request body after its attempt ended) gets an error
+// once the transaction is over, not freed memory.
+func TestMessageReadAfterTheTransaction(t *testing.T) {
+	var kept []*Message
+	d := deliverFunc(func(_ context.Context, _ *Session, dl *Delivery) error {
+		kept = append(kept, dl.Message)
+		return nil
+	})
+	ts := start(t, Config{Handlers: []SubHandler{{Name: "keeper", Handler: d}}})
+	ts.ehlo()
+	ts.mailTo("x@example.test")
+	ts.cmd("DATA", 354, "")
+	ts.sendRaw(stuff("Subject: x\r\n\r\nbody\r\n"))
+	ts.expect(250, "2.0.0")
+	ts.cmd("NOOP", 250, "2.0.0") // the transaction is over
+	if _, err := kept[0].Bytes(); err == nil {
+		t.Fatal("a message was readable after its transaction ended")
+	}
+}
+
+// deliverFunc is a DeliverHook from a function.
+type deliverFunc func(context.Context, *Session, *Delivery) error
+
+func (f deliverFunc) Deliver(ctx context.Context, s *Session, d *Delivery) error { return f(ctx, s, d) }

@@ -31,8 +31,12 @@ var spoolChunks = sync.Pool{New: func() any { return new([spoolChunkSize]byte) }
 
 var errSpoolReply = NewReply(451, "4.3.0", "Local error in processing (spool); try again later")
 
-// spool is one message being kept.
+// spool is one message being kept. It is written by its session only;
+// it may be read from other goroutines (a delivery's HTTP client), which
+// after release get errSpoolReleased rather than freed memory.
 type spool struct {
+	mu       sync.RWMutex // readers against release
+	released bool
 	srv      *Server
 	chunks   []*[spoolChunkSize]byte // the message while in memory
 	size     int64                   // bytes written
@@ -124,8 +128,17 @@ func (sp *spool) spill() {
 	sp.freeMemory()
 }
 
+// errSpoolReleased is what a read of a message gets once its transaction
+// has ended.
+var errSpoolReleased = errors.New("message read after its transaction ended")
+
 // readAt reads the spool like io.ReaderAt.
 func (sp *spool) readAt(p []byte, off int64) (int, error) {
+	sp.mu.RLock()
+	defer sp.mu.RUnlock()
+	if sp.released {
+		return 0, errSpoolReleased
+	}
 	if off >= sp.size {
 		return 0, io.EOF
 	}
@@ -155,8 +168,11 @@ func (sp *spool) freeMemory() {
 	}
 }
 
-// release frees everything the spool holds.
+// release frees everything the spool holds; later reads fail.
 func (sp *spool) release() {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	sp.released = true
 	sp.freeMemory()
 	if sp.file != nil {
 		sp.file.Close()
