@@ -31,6 +31,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -39,7 +40,7 @@ import (
 type harness struct {
 	root       string // module root
 	work       string // temp dir for binaries, configs, logs
-	diskDir    string // a directory on a real disk, for maildir-disk
+	diskDir    string // a directory on a real disk, for maildir-disk and the pipeline cells
 	smtpSink   string
 	smtpSource string
 	node       string
@@ -47,6 +48,7 @@ type harness struct {
 	later      []string
 
 	quick bool
+	keep  bool // -keep: keep the work directory and the logs on /dev/shm
 	runs  int
 	dur   time.Duration
 	cpu   cpuSet // CPU placement (cpus.go)
@@ -77,13 +79,15 @@ func main() {
 	idleConns := flag.Int("idle-conns", 10000, "idle connections for the memory measurement")
 	bigSize := flag.Int64("big", 1<<30, "size of the large message for peak memory")
 	profile := flag.Bool("profile", false, "instead of the matrix: CPU profiles of caddy-esmtp (discard) under 10 KiB x 20 load, both modes, into bench/.cache/profiles")
+	pipeline := flag.Bool("pipeline", false, "instead of the matrix: the message pipeline cells (maildir on disk end to end against Postfix's virtual(8), bytes written per message, RSS of -pipeline-sessions sessions in DATA) into bench/RESULTS-pipeline.md")
+	pipeSessions := flag.String("pipeline-sessions", "10000", "sessions held in DATA at once for -pipeline's memory cell (a comma-separated list: one measurement each)")
 	profSecs := flag.Int("profile-seconds", 10, "length of each profile")
 	keep := flag.Bool("keep", false, "keep the work directory (configs, server logs)")
 	setup := flag.Bool("setup", true, "run bench/setup.sh when smtp-sink, smtp-source or Haraka is missing")
 	cpus := flag.String("cpus", "", "CPU placement: split (servers pinned to the last CPU, generators to the others), shared (no pinning) or both (the throughput matrix once per placement); default both with -quick, split otherwise")
 	flag.Parse()
 
-	h := &harness{quick: *quick, runs: *runs, dur: *dur}
+	h := &harness{quick: *quick, runs: *runs, dur: *dur, keep: *keep}
 	if h.dur == 0 {
 		h.dur = 1200 * time.Millisecond
 		if h.quick {
@@ -94,6 +98,9 @@ func main() {
 		*out = "bench/RESULTS.md"
 		if *quick {
 			*out = "bench/RESULTS-quick.md"
+		}
+		if *pipeline {
+			*out = "bench/RESULTS-pipeline.md"
 		}
 	}
 	if *jsonOut == "" {
@@ -133,6 +140,9 @@ func main() {
 	}
 
 	defs := allServers()
+	if *pipeline {
+		defs = pipelineServers()
+	}
 	if *only != "" {
 		want := strings.Split(*only, ",")
 		defs = slices.DeleteFunc(defs, func(d *serverDef) bool { return !slices.Contains(want, d.Name) })
@@ -144,6 +154,21 @@ func main() {
 
 	if *profile {
 		if err := h.profile(*profSecs); err != nil {
+			fatal(err)
+		}
+		return
+	}
+	if *pipeline {
+		r := &report{Env: map[string]string{"cpus": fmt.Sprint(runtime.NumCPU())}, ServerCPUs: h.cpu.serverCPUs, GeneratorCPUs: h.cpu.genCPUs}
+		var sessions []int
+		for _, f := range strings.Split(*pipeSessions, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n <= 0 {
+				fatal(fmt.Errorf("-pipeline-sessions %q: want positive numbers", *pipeSessions))
+			}
+			sessions = append(sessions, n)
+		}
+		if err := h.pipeline(defs, places[0], *doThroughput, *doMem, sessions, h.path(*out), h.path(*jsonOut), r.describe(places[0])); err != nil {
 			fatal(err)
 		}
 		return

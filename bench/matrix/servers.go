@@ -23,20 +23,30 @@ type serverDef struct {
 	Peer  bool   // an outside server the ratios compare with
 	Echo  bool   // speaks no SMTP (caddy-l4 echo): memory only
 	start func(h *harness, s *server) (*exec.Cmd, error)
-	// maildir is set for servers that store messages, to empty between runs.
-	maildir string
+	// stopHook, if set, runs before the server's process is signalled
+	// (Postfix: `postfix -c <dir> stop`, since its master is a child).
+	stopHook func(s *server)
+	// logTmpfs puts the server's log on /dev/shm, so that its log lines
+	// are not in the disk bytes the pipeline cells count.
+	logTmpfs bool
+	// maildirs are set for servers that store messages, to empty between
+	// runs (and, in the pipeline cells, to count deliveries in).
+	maildirs []string
 }
 
 // server is a running serverDef.
 type server struct {
 	*serverDef
-	addr    string
-	admin   string // Caddy's admin address, for pprof
-	dir     string
-	cmd     *exec.Cmd
-	logFile *os.File
-	exited  chan struct{}
-	cpus    string // the CPUs it may run on (Cpus_allowed_list), once started
+	addr   string
+	admin  string // Caddy's admin address, for pprof
+	dir    string
+	logDir string // where its logs go: dir, or on /dev/shm with logTmpfs
+	// postfixConf is the configuration directory of a Postfix instance.
+	postfixConf string
+	cmd         *exec.Cmd
+	logFile     *os.File
+	exited      chan struct{}
+	cpus        string // the CPUs it may run on (Cpus_allowed_list), once started
 }
 
 func (s *server) pid() int { return s.cmd.Process.Pid }
@@ -77,8 +87,19 @@ func (h *harness) startServer(def *serverDef) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.logDir = s.dir
+	if def.logTmpfs {
+		if s.logDir, err = os.MkdirTemp("/dev/shm", "bench-log-"+def.Name+"-"); err != nil {
+			return nil, err
+		}
+		if h.keep {
+			log.Printf("%s logs to %s (kept: -keep)", def.Name, s.logDir)
+		} else {
+			h.removeLater(s.logDir)
+		}
+	}
 	// O_APPEND, so clean can truncate the log under a running server.
-	s.logFile, err = os.OpenFile(filepath.Join(s.dir, "server.log"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o644)
+	s.logFile, err = os.OpenFile(filepath.Join(s.logDir, "server.log"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
@@ -148,6 +169,13 @@ func (s *server) stop() {
 	if s.cmd == nil || s.cmd.Process == nil {
 		return
 	}
+	if s.stopHook != nil {
+		s.stopHook(s)
+		select {
+		case <-s.exited:
+		case <-time.After(10 * time.Second):
+		}
+	}
 	s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-s.exited:
@@ -164,17 +192,21 @@ func (s *server) stop() {
 // syncs and pauses, so that writeback does not land in the next server's run.
 func (s *server) clean() {
 	s.logFile.Truncate(0)
-	if s.maildir == "" {
+	if len(s.maildirs) == 0 {
 		return
 	}
-	for _, sub := range []string{"new", "cur", "tmp"} {
-		d := filepath.Join(s.maildir, sub)
-		ents, _ := os.ReadDir(d)
-		for _, e := range ents {
-			os.Remove(filepath.Join(d, e.Name()))
+	onDisk := false
+	for _, md := range s.maildirs {
+		for _, sub := range []string{"new", "cur", "tmp"} {
+			d := filepath.Join(md, sub)
+			ents, _ := os.ReadDir(d)
+			for _, e := range ents {
+				os.Remove(filepath.Join(d, e.Name()))
+			}
 		}
+		onDisk = onDisk || !strings.HasPrefix(md, "/dev/shm/")
 	}
-	if !strings.HasPrefix(s.maildir, "/dev/shm/") {
+	if onDisk {
 		syscall.Sync()
 		time.Sleep(300 * time.Millisecond)
 	}
@@ -218,16 +250,25 @@ func startCaddy(variant, logLevel string) func(h *harness, s *server) (*exec.Cmd
 				return nil, err
 			}
 			h.removeLater(d)
-			s.maildir = filepath.Join(d, "mail")
-			handler = "maildir " + s.maildir
-		case "maildir-disk":
+			s.maildirs = []string{filepath.Join(d, "mail")}
+			handler = "maildir " + s.maildirs[0]
+		case "maildir-disk", "maildir-disk2":
+			// maildir-disk2: two maildir sub-handlers in one esmtp
+			// block, every message delivered into both.
 			d, err := os.MkdirTemp(h.diskDir, "bench-maildir-")
 			if err != nil {
 				return nil, err
 			}
 			h.removeLater(d)
-			s.maildir = filepath.Join(d, "mail")
-			handler = "maildir " + s.maildir
+			s.maildirs = []string{filepath.Join(d, "mail")}
+			if variant == "maildir-disk2" {
+				s.maildirs = append(s.maildirs, filepath.Join(d, "mail2"))
+			}
+			var lines []string
+			for _, md := range s.maildirs {
+				lines = append(lines, "maildir "+md)
+			}
+			handler = strings.Join(lines, "\n\t\t\t\t\t")
 		}
 		global := ""
 		if logLevel != "" {
@@ -237,6 +278,11 @@ func startCaddy(variant, logLevel string) func(h *harness, s *server) (*exec.Cmd
 			"\t\t\t\t\thostname caddy.example.test\n" +
 			"\t\t\t\t\tmax_message_size 2GiB\n" +
 			"\t\t\t\t\tgrace_period 2s\n" +
+			// The engine's defaults (1000 sessions per port, 20 per
+			// client IP) would answer 421 to the benchmark's sessions,
+			// which all come from 127.0.0.1.
+			"\t\t\t\t\tmax_connections unlimited\n" +
+			"\t\t\t\t\tmax_connections_per_ip unlimited\n" +
 			"\t\t\t\t\t" + handler + "\n" +
 			"\t\t\t\t}\n"
 		if variant == "echo" {
