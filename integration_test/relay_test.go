@@ -179,7 +179,9 @@ func cutField(t *testing.T, b []byte) (string, []byte) {
 
 // TestRelaySmtpSink relays to Postfix's smtp-sink, which dumps what it
 // gets: the DSN parameters passed on, the message with our Received:
-// field, dot-unstuffed by smtp-sink as it should be.
+// field, dot-unstuffed by smtp-sink as it should be, and the field that
+// example_judge adds: it comes after relay in the list, and relay sends
+// the final message (judges run before every delivery).
 func TestRelaySmtpSink(t *testing.T) {
 	sink := need(t, "smtp-sink")
 	// Not under t.TempDir (mode 0700): smtp-sink may run as nobody.
@@ -225,6 +227,7 @@ func TestRelaySmtpSink(t *testing.T) {
 						domains example.test
 						require_tls off
 					}
+					example_judge
 				}
 			}
 		}
@@ -285,6 +288,10 @@ func TestRelaySmtpSink(t *testing.T) {
 	}
 	msg := []byte(strings.ReplaceAll(strings.TrimSuffix(text[i+1:], "\n"), "\n", "\r\n"))
 	_, msg = cutField(t, msg)
+	judged, msg := cutField(t, msg)
+	if !strings.HasPrefix(judged, "X-Example-Judge: passed; ") {
+		t.Errorf("the judge's field did not reach the upstream: %q", judged)
+	}
 	splitReceived(t, msg, "relay.example.test", []byte(message))
 }
 

@@ -110,6 +110,39 @@ func TestMX(t *testing.T) {
 	}
 }
 
+// TestMXJudgeAddsOtherDomain checks that a recipient a judge adds in
+// another domain goes in an upstream transaction of its own, to that
+// domain's mail servers, and that the log line names both.
+func TestMXJudgeAddsOtherDomain(t *testing.T) {
+	up := startUpstream(t, upstreamOpts{})
+	resolver := dnsServer(t,
+		"a.test. 60 IN MX 10 mx.a.test.",
+		"mx.a.test. 60 IN A 127.0.0.1",
+		"b.test. 60 IN A 127.0.0.1",
+	)
+	r := provisioned(t, &Relay{To: "mx", Resolver: resolver, MXPort: mustPort(t, up.addr), Domains: []string{"a.test", "b.test"}})
+	archive := judge(func(s *session.Session) {
+		s.Transaction().AddRecipient(session.Path{Mailbox: "archive@b.test", Local: "archive", Domain: "b.test"}, nil)
+	})
+	base, logs := observed()
+	c, _ := dial(t, serve(t, base, archive, r))
+	if got := send(t, c, "a@client.example", "one@a.test", "two@a.test"); !strings.HasPrefix(got, "250 2.0.0") {
+		t.Fatalf("end of data: %q", got)
+	}
+	msgs := up.messages()
+	if len(msgs) != 2 || !slices.Equal(msgs[0].rcpts, []string{"one@a.test", "two@a.test"}) ||
+		!slices.Equal(msgs[1].rcpts, []string{"archive@b.test"}) {
+		t.Fatalf("upstream got %+v", msgs)
+	}
+	if n := up.connections(); n != 2 {
+		t.Errorf("%d upstream connections, want 2", n)
+	}
+	f := messageLog(t, logs, 1)
+	if want := up.addr + ", " + up.addr; f["relay"] != want || strings.Count(f["relay_reply"].(string), "; ") != 1 {
+		t.Errorf("log line: relay %q, relay_reply %q", f["relay"], f["relay_reply"])
+	}
+}
+
 // TestMXSTARTTLS checks that STARTTLS is used with an MX that offers it,
 // with its certificate verified against the MX host name.
 func TestMXSTARTTLS(t *testing.T) {

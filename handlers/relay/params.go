@@ -14,24 +14,21 @@ var dsnKeyword = []string{"DSN"}
 // Extensions advertises DSN (RFC 3461).
 func (r *Relay) Extensions(*session.Session) []string { return dsnKeyword }
 
-// mailOptions are the MAIL parameters passed upstream: SIZE, SMTPUTF8
-// (when utf8), DSN's RET and ENVID, and AUTH (the SMTP client sends
-// BODY=8BITMIME by itself when the upstream offers it, and SIZE, DSN and
-// AUTH only when it offers them). authenticated tells whether the client
-// authenticated.
-func mailOptions(txn *session.Transaction, utf8, authenticated bool) *smtp.MailOptions {
-	o := &smtp.MailOptions{UTF8: utf8}
-	if v, ok := txn.MailParams.Get("AUTH"); ok {
+// mailOptions are the MAIL parameters passed upstream from the client's
+// params: SIZE (size, when not 0), SMTPUTF8 (when utf8), DSN's RET and
+// ENVID, and AUTH (the SMTP client sends BODY=8BITMIME by itself when the
+// upstream offers it, and SIZE, DSN and AUTH only when it offers them).
+// authenticated tells whether the client authenticated.
+func mailOptions(params session.Params, size int64, utf8, authenticated bool) *smtp.MailOptions {
+	o := &smtp.MailOptions{UTF8: utf8, Size: size}
+	if v, ok := params.Get("AUTH"); ok {
 		a := authMailbox(v, authenticated)
 		o.Auth = &a
 	}
-	if v, ok := txn.MailParams.Get("SIZE"); ok {
-		o.Size, _ = strconv.ParseInt(v, 10, 64)
-	}
-	if v, ok := txn.MailParams.Get("RET"); ok {
+	if v, ok := params.Get("RET"); ok {
 		o.Return = smtp.DSNReturn(strings.ToUpper(v))
 	}
-	if v, ok := txn.MailParams.Get("ENVID"); ok {
+	if v, ok := params.Get("ENVID"); ok {
 		if id, err := session.DecodeXtext(v); err == nil && printable(id) {
 			o.EnvelopeID = id
 		}
@@ -56,6 +53,13 @@ func authMailbox(v string, authenticated bool) string {
 		return "<>"
 	}
 	return m
+}
+
+// declaredSize is the client's SIZE= parameter, or 0.
+func declaredSize(params session.Params) int64 {
+	v, _ := params.Get("SIZE")
+	n, _ := strconv.ParseInt(v, 10, 64)
+	return max(n, 0)
 }
 
 // rcptOptions are DSN's NOTIFY and ORCPT for the upstream.

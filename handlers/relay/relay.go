@@ -1,17 +1,39 @@
-// Package relay is the sub-handler esmtp.handlers.relay: it forwards each
-// message over SMTP, as it arrives, to a smart host or to the mail servers
-// (MX) of each recipient's domain, and answers the client with the
-// upstream's own replies.
+// Package relay is the sub-handler esmtp.handlers.relay: a delivery
+// (session.DeliverHook) that forwards each message over SMTP to a smart
+// host or to the mail servers (MX) of each recipient's domain, and answers
+// the client with the upstream's own replies.
 //
 // The upstream transaction follows the client's: MAIL FROM is sent
-// upstream at the first recipient the relay takes, each RCPT is passed on
-// and the upstream's reply to it returned to the client, the message is
-// streamed to the upstream while it is received (never held whole), and the
-// upstream's reply to the end of data decides ours: 2xx lets the later
-// sub-handlers run, 4xx or 5xx is passed back. A transaction that does not
-// end in a message (RSET, a rejected message, a dropped client) is reset
-// upstream, and one cut in the middle of its data is cut upstream too,
-// without the final dot, so the upstream never accepts part of a message.
+// upstream at the first recipient the relay takes, and each RCPT is passed
+// on, the upstream's reply to it being the client's. The message itself is
+// sent at the end of data, once the judges (session.MessageHook) have
+// accepted and edited it: Deliver sends DATA with the final message
+// (session.Delivery.Message: the engine's spool with every edit applied),
+// and the upstream's reply to its end of data is the delivery's result. A
+// transaction that ends without a message (RSET, a refused message, a
+// dropped client) is reset upstream; the upstream never gets DATA for it.
+//
+// # Edits to the envelope
+//
+// At Deliver the final envelope (d.From, d.MailParams, d.Recipients) is
+// compared with what the upstream got at RCPT time. When they are the
+// same, only DATA is sent. When a judge changed the sender or removed or
+// added a recipient, the upstream transaction is reset (RSET) and MAIL and
+// RCPT are sent again for the final envelope before DATA: a removed
+// recipient never reaches the upstream, an added one does, and a
+// recipient the upstream refuses now fails the message with the
+// upstream's reply. A recipient a judge added is relayed under the same
+// rule as the client's (see below), else the message fails with 554
+// 5.7.1. With to mx, an added recipient of another domain goes in a
+// transaction of its own to that domain's mail servers. A connection held
+// since RCPT that the upstream closed while the client sent the message
+// (its idle timeout) is replaced, and the envelope sent again.
+//
+// The relay does not have to be the last delivery: the engine runs it
+// with the others and answers 250 only when all succeeded. A message the
+// upstream accepted stays there, though, when another delivery then fails
+// and the client is told to send it again (4xx): the upstream may get it
+// twice; relay cannot take it back.
 //
 // # Open relay protection
 //
@@ -57,7 +79,7 @@
 // transaction goes to an upstream with SMTPUTF8 as it came; to one without,
 // it goes without the SMTPUTF8 parameter, its domains as A-labels, when it
 // can: an address with a non-ASCII local part gets 553 5.6.7, and a message
-// with a non-ASCII header field 550 5.6.9 (RFC 6531).
+// whose final header (edits applied) is not ASCII 550 5.6.9 (RFC 6531).
 //
 // # AUTH=
 //
@@ -357,15 +379,12 @@ func (r *Relay) Cleanup() error {
 
 // Interface guards
 var (
-	_ caddy.Provisioner        = (*Relay)(nil)
-	_ caddy.CleanerUpper       = (*Relay)(nil)
-	_ caddyfile.Unmarshaler    = (*Relay)(nil)
-	_ session.ExtensionHook    = (*Relay)(nil)
-	_ session.RcptHook         = (*Relay)(nil)
-	_ session.DataHook         = (*Relay)(nil)
-	_ session.HeaderHook       = (*Relay)(nil)
-	_ session.EndOfHeadersHook = (*Relay)(nil)
-	_ session.BodyHook         = (*Relay)(nil)
-	_ session.MessageHook      = (*Relay)(nil)
-	_ session.AbortHook        = (*Relay)(nil)
+	_ caddy.Provisioner     = (*Relay)(nil)
+	_ caddy.CleanerUpper    = (*Relay)(nil)
+	_ caddyfile.Unmarshaler = (*Relay)(nil)
+	_ session.ExtensionHook = (*Relay)(nil)
+	_ session.RcptHook      = (*Relay)(nil)
+	_ session.DeliverHook   = (*Relay)(nil)
+	_ session.AbortHook     = (*Relay)(nil)
+	_ session.CloseHook     = (*Relay)(nil)
 )

@@ -2,10 +2,10 @@ package relay
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 
 	"github.com/caddy-esmtp/caddy-esmtp/session"
@@ -18,7 +18,6 @@ var (
 	replyNoDomain     = session.NewReply(550, "5.1.2", "No domain to relay to")
 	replyBadDomain    = session.NewReply(550, "5.1.2", "Recipient domain is not a valid domain name")
 	replyNo8BITMIME   = session.NewReply(550, "5.6.3", "Upstream mail server does not support 8BITMIME")
-	replyNoData       = session.NewReply(451, "4.3.0", "Relay: no upstream transaction; try again later")
 	replyUpstreamFail = session.NewReply(451, "4.4.2", "Upstream mail server failed during the message; try again later")
 
 	// RFC 6531: an address or a header that needs SMTPUTF8 cannot go to an
@@ -28,29 +27,47 @@ var (
 	replyHeaderUTF8 = session.NewReply(550, "5.6.9", "Message header needs SMTPUTF8, which the upstream mail server does not support")
 )
 
-// key is the per-transaction state's key, one per relay instance, so two
-// relays in one list (behind two matchers) never share a transaction.
+// key is the key of the upstream transaction in the session's values, one
+// per relay instance, so two relays in one list (behind two matchers)
+// never share a transaction.
 type key struct{ r *Relay }
 
-// txnState is the upstream side of one client transaction.
+// txnState is the upstream transaction opened at RCPT for one client
+// transaction: MAIL and the recipients the upstream accepted, waiting for
+// the message at Deliver. It is kept in the session's values, not the
+// transaction's, so that one the engine never asks to deliver (a judge
+// removed all its recipients) is still let go: at the next RCPT, or when
+// the session ends.
 type txnState struct {
-	domain string         // the recipient domain, as A-labels (to mx)
-	up     *upstream      // nil until the first recipient is taken
-	fail   *session.Reply // the destination failed: the reply for every further recipient
-	rcpts  int            // recipients the upstream accepted
-	data   *smtp.DataCommand
-	w      canonWriter
-	// ascii: an SMTPUTF8 transaction goes to an upstream without
-	// SMTPUTF8, as ASCII (A-labels), so the header must be ASCII too.
-	ascii bool
+	txn    *session.Transaction // the client transaction it belongs to
+	domain string               // the recipient domain, as A-labels (to mx)
+	up     *upstream            // nil until the first recipient is taken
+	fail   *session.Reply       // the destination failed: the reply for every further recipient
+	from   string               // the reverse-path the upstream got, as the client gave it
+	params session.Params       // the MAIL parameters the upstream got them from
+	sent   []session.Recipient  // the recipients the upstream accepted
 }
 
+// state returns the upstream transaction of the client transaction in
+// progress, or nil. One left from an earlier transaction is let go.
 func (r *Relay) state(s *session.Session) *txnState {
-	if txn := s.Transaction(); txn != nil {
-		st, _ := txn.Value(key{r}).(*txnState)
-		return st
+	st, _ := s.Value(key{r}).(*txnState)
+	if st != nil && st.txn != s.Transaction() {
+		s.SetValue(key{r}, nil)
+		r.release(st)
+		return nil
 	}
-	return nil
+	return st
+}
+
+// take detaches the upstream transaction of the transaction in progress
+// from the session and returns it, or nil.
+func (r *Relay) take(s *session.Session) *txnState {
+	st := r.state(s)
+	if st != nil {
+		s.SetValue(key{r}, nil)
+	}
+	return st
 }
 
 // Rcpt takes a recipient the relay may forward for: it opens the upstream
@@ -66,106 +83,118 @@ func (r *Relay) Rcpt(ctx context.Context, s *session.Session, to session.Path, p
 	}
 	st := r.state(s)
 	if st == nil {
-		st = &txnState{}
-		txn.SetValue(key{r}, st)
+		st = &txnState{txn: txn}
+		s.SetValue(key{r}, st)
 	}
 	if r.mx {
-		if to.Domain == "" {
-			return replyNoDomain, nil
-		}
-		d, err := aLabel(to.Domain)
-		if err != nil {
+		d, rep := domainOf(to)
+		if rep != nil {
 			if ce := r.logger.Check(zap.DebugLevel, "invalid recipient domain"); ce != nil {
-				ce.Write(zap.String("session", s.ID()), zap.Error(err))
+				ce.Write(zap.String("session", s.ID()), zap.String("rcpt", session.Sanitize(to.Mailbox, 256)))
 			}
-			return replyBadDomain, nil
+			return rep, nil
 		}
 		if st.domain != d {
-			if st.rcpts > 0 {
+			if len(st.sent) > 0 {
 				return replyOtherDomain, nil
 			}
 			r.release(st)
-			*st = txnState{domain: d}
+			*st = txnState{txn: txn, domain: d}
 		}
 	}
 	if st.fail != nil {
 		return st.fail, nil
 	}
 	if st.up == nil {
-		up, fail := r.open(ctx, s)
+		up, fail := r.connectFor(ctx, s, st.domain)
+		if fail == nil {
+			fail = r.mail(ctx, s, up, txn.From, txn.MailParams, declaredSize(txn.MailParams))
+		}
 		if fail != nil {
 			st.fail = fail
 			return fail, nil
 		}
-		st.up = up
-		st.ascii = txn.UTF8 && !up.hasExt("SMTPUTF8")
+		st.up, st.from, st.params = up, txn.From.Mailbox, slices.Clone(txn.MailParams)
 	}
-	rcpt := to.Mailbox
-	if st.ascii {
-		var ok bool
-		if rcpt, ok = asciiPath(to); !ok {
-			return replyRcptUTF8, nil
-		}
+	rep, gone := r.rcpt(ctx, s, st.up, to, params)
+	if gone {
+		st.up, st.fail = nil, rep
 	}
-	r.bound(ctx, st.up)
-	if err := st.up.c.Rcpt(rcpt, rcptOptions(params)); err != nil {
-		rep, answered := replyFor(err)
-		if !answered {
-			r.logger.Warn("upstream failed at RCPT", zap.String("session", s.ID()), zap.String("upstream", st.up.addr), zap.Error(err))
-			st.up.close()
-			st.up, st.fail = nil, rep
-		}
+	if rep != nil {
 		return rep, nil
 	}
-	st.rcpts++
+	st.sent = append(st.sent, session.Recipient{Path: to, Params: params})
 	return replyRcptOK, nil
 }
 
-// open connects (or takes an idle connection) and sends MAIL FROM.
-func (r *Relay) open(ctx context.Context, s *session.Session) (*upstream, *session.Reply) {
-	txn := s.Transaction()
-	st := r.state(s)
-	var up *upstream
+// domainOf is the A-label form of a recipient's domain (to mx), or the
+// reply for one that has none.
+func domainOf(to session.Path) (string, *session.Reply) {
+	if to.Domain == "" {
+		return "", replyNoDomain
+	}
+	d, err := aLabel(to.Domain)
+	if err != nil {
+		return "", replyBadDomain
+	}
+	return d, nil
+}
+
+// connectFor takes an idle connection to the smart host, or connects to it
+// or to the mail servers of domain (to mx).
+func (r *Relay) connectFor(ctx context.Context, s *session.Session, domain string) (*upstream, *session.Reply) {
 	if r.pool != nil {
-		up = r.pool.get(s.Hostname(), r.commandTimeout(ctx))
-	}
-	if up == nil {
-		var serr *setupError
-		if r.mx {
-			up, serr = r.dialMX(ctx, st.domain, s.Hostname())
-		} else {
-			up, serr = r.connect(ctx, r.smartHost, s.Hostname())
-		}
-		if serr != nil {
-			level := zap.WarnLevel // ours to fix: the upstream, the network, DNS
-			if serr.reply.Code >= 500 {
-				level = zap.DebugLevel // the recipient's: no such domain, null MX
-			}
-			if ce := r.logger.Check(level, "no upstream"); ce != nil {
-				ce.Write(zap.String("session", s.ID()), zap.String("queue_id", txn.ID),
-					zap.String("to", r.To), zap.String("domain", st.domain), zap.Error(serr))
-			}
-			return nil, serr.reply
+		if up := r.pool.get(s.Hostname(), r.commandTimeout(ctx)); up != nil {
+			return up, nil
 		}
 	}
+	var up *upstream
+	var serr *setupError
+	if r.mx {
+		up, serr = r.dialMX(ctx, domain, s.Hostname())
+	} else {
+		up, serr = r.connect(ctx, r.smartHost, s.Hostname())
+	}
+	if serr != nil {
+		level := zap.WarnLevel // ours to fix: the upstream, the network, DNS
+		if serr.reply.Code >= 500 {
+			level = zap.DebugLevel // the recipient's: no such domain, null MX
+		}
+		if ce := r.logger.Check(level, "no upstream"); ce != nil {
+			var id string
+			if txn := s.Transaction(); txn != nil {
+				id = txn.ID
+			}
+			ce.Write(zap.String("session", s.ID()), zap.String("queue_id", id),
+				zap.String("to", r.To), zap.String("domain", domain), zap.Error(serr))
+		}
+		return nil, serr.reply
+	}
+	return up, nil
+}
+
+// mail sends MAIL FROM on up. On failure up is let go, and the reply is
+// the client's.
+func (r *Relay) mail(ctx context.Context, s *session.Session, up *upstream, from session.Path, params session.Params, size int64) *session.Reply {
+	txn := s.Transaction()
 	r.bound(ctx, up)
 	if txn.Body == "8BITMIME" && !up.hasExt("8BITMIME") {
 		r.done(up)
-		return nil, replyNo8BITMIME
+		return replyNo8BITMIME
 	}
 	// SMTPUTF8 toward an upstream without it: the envelope goes as ASCII
-	// when it can (domains as A-labels), and the header is checked as it
-	// streams (Header).
+	// when it can (domains as A-labels), and the header is checked before
+	// the message goes (see checkHeader).
 	utf8 := txn.UTF8 && up.hasExt("SMTPUTF8")
-	from := txn.From.Mailbox
+	mailbox := from.Mailbox
 	if txn.UTF8 && !utf8 {
 		var ok bool
-		if from, ok = asciiPath(txn.From); !ok {
+		if mailbox, ok = asciiPath(from); !ok {
 			r.done(up)
-			return nil, replySenderUTF8
+			return replySenderUTF8
 		}
 	}
-	if err := up.c.Mail(from, mailOptions(txn, utf8, s.AuthUser() != "")); err != nil {
+	if err := up.c.Mail(mailbox, mailOptions(params, size, utf8, s.AuthUser() != "")); err != nil {
 		rep, answered := replyFor(err)
 		if answered {
 			r.done(up)
@@ -173,9 +202,38 @@ func (r *Relay) open(ctx context.Context, s *session.Session) (*upstream, *sessi
 			r.logger.Warn("upstream failed at MAIL", zap.String("session", s.ID()), zap.String("upstream", up.addr), zap.Error(err))
 			up.close()
 		}
-		return nil, rep
+		return rep
 	}
-	return up, nil
+	return nil
+}
+
+// rcpt sends RCPT TO on up and returns the upstream's refusal, or nil.
+// gone tells that the connection failed and was closed.
+func (r *Relay) rcpt(ctx context.Context, s *session.Session, up *upstream, to session.Path, params session.Params) (rep *session.Reply, gone bool) {
+	mailbox := to.Mailbox
+	if ascii(s.Transaction(), up) {
+		var ok bool
+		if mailbox, ok = asciiPath(to); !ok {
+			return replyRcptUTF8, false
+		}
+	}
+	r.bound(ctx, up)
+	if err := up.c.Rcpt(mailbox, rcptOptions(params)); err != nil {
+		rep, answered := replyFor(err)
+		if !answered {
+			r.logger.Warn("upstream failed at RCPT", zap.String("session", s.ID()), zap.String("upstream", up.addr), zap.Error(err))
+			up.close()
+		}
+		return rep, !answered
+	}
+	return nil, false
+}
+
+// ascii reports whether the transaction goes to up as ASCII: it is an
+// SMTPUTF8 transaction and up does not offer SMTPUTF8, so the addresses
+// go as A-labels and the header must be ASCII.
+func ascii(txn *session.Transaction, up *upstream) bool {
+	return txn.UTF8 && !up.hasExt("SMTPUTF8")
 }
 
 // bound sets the upstream's timeouts for a hook call with ctx.
@@ -186,7 +244,7 @@ func (r *Relay) bound(ctx context.Context, up *upstream) {
 }
 
 // done is the end of an upstream transaction that left the connection
-// usable: it goes back to the pool, or is quit.
+// usable: it goes back to the pool (RSET before its next use), or is quit.
 func (r *Relay) done(up *upstream) {
 	if r.pool != nil {
 		r.pool.put(up)
@@ -195,159 +253,70 @@ func (r *Relay) done(up *upstream) {
 	go up.quit()
 }
 
-// release lets go of the upstream side of a transaction that ends without
-// a message: reset (at next use) when between commands, cut when in the
-// middle of DATA.
+// release lets go of an upstream transaction that will carry no message.
 func (r *Relay) release(st *txnState) {
-	if st.up == nil {
-		return
-	}
-	if st.data != nil {
-		st.up.close()
-	} else {
+	if st != nil && st.up != nil {
 		r.done(st.up)
+		st.up = nil
 	}
-	st.up, st.data = nil, nil
 }
 
-// Data opens the upstream's DATA, so that an upstream refusal is the
-// client's answer to DATA.
-func (r *Relay) Data(ctx context.Context, s *session.Session) (*session.Reply, error) {
-	st := r.state(s)
-	if st == nil || st.rcpts == 0 {
-		return nil, nil
-	}
-	return r.startData(ctx, s, st), nil
+// Abort lets go of the upstream transaction of a client transaction that
+// ends without a message (RSET, a refused message, a dropped client).
+func (r *Relay) Abort(s *session.Session, _ error) {
+	r.release(r.take(s))
 }
 
-// startData sends DATA upstream, once.
-func (r *Relay) startData(ctx context.Context, s *session.Session, st *txnState) *session.Reply {
-	if st.data != nil {
-		return nil
+// Close lets go of an upstream transaction still held when the session
+// ends.
+func (r *Relay) Close(s *session.Session) {
+	if st, _ := s.Value(key{r}).(*txnState); st != nil {
+		s.SetValue(key{r}, nil)
+		r.release(st)
 	}
-	if st.up == nil {
-		if st.fail != nil {
-			return st.fail
-		}
-		return replyNoData
-	}
-	r.bound(ctx, st.up)
-	d, err := st.up.c.Data()
-	if err != nil {
-		rep, answered := replyFor(err)
-		if !answered {
-			r.logger.Warn("upstream failed at DATA", zap.String("session", s.ID()), zap.String("upstream", st.up.addr), zap.Error(err))
-			st.up.close()
-			st.up = nil
-		}
-		st.fail = rep
-		return rep
-	}
-	st.data = d
-	st.w = canonWriter{w: d}
-	return nil
 }
 
-// write streams message bytes to the upstream.
-func (r *Relay) write(ctx context.Context, s *session.Session, p []byte) error {
-	st := r.state(s)
-	if st == nil || st.rcpts == 0 {
-		return nil
-	}
-	if rep := r.startData(ctx, s, st); rep != nil {
-		return rep
-	}
-	r.bound(ctx, st.up)
-	if err := st.w.Write(p); err != nil {
-		r.logger.Warn("upstream failed during data", zap.String("session", s.ID()), zap.String("upstream", st.up.addr), zap.Error(err))
-		return replyUpstreamFail
-	}
-	return nil
-}
-
-// Header streams a header field (the engine's Received: field first). A
-// field that is not ASCII fails the message when the upstream does not take
-// SMTPUTF8 (RFC 6531, RFC 6532).
-func (r *Relay) Header(ctx context.Context, s *session.Session, h session.HeaderField) error {
-	if st := r.state(s); st != nil && st.ascii && st.rcpts > 0 && !isASCII(h.Raw) {
-		return replyHeaderUTF8
-	}
-	return r.write(ctx, s, h.Raw)
-}
-
-// EndOfHeaders streams the blank line that ends the header section.
-func (r *Relay) EndOfHeaders(ctx context.Context, s *session.Session, raw []byte) error {
-	return r.write(ctx, s, raw)
-}
-
-// Body streams a body chunk.
-func (r *Relay) Body(ctx context.Context, s *session.Session, chunk []byte) error {
-	return r.write(ctx, s, chunk)
-}
-
-// EndOfMessage ends the data upstream and returns the upstream's verdict:
-// nil when it accepted the message, so later sub-handlers run, else its
-// reply.
-func (r *Relay) EndOfMessage(ctx context.Context, s *session.Session) (*session.Reply, error) {
-	st := r.state(s)
+// isSent reports whether the upstream accepted rc at RCPT.
+func (st *txnState) isSent(rc session.Recipient) bool {
 	if st == nil {
-		return nil, nil
+		return false
 	}
-	txn := s.Transaction()
-	txn.SetValue(key{r}, nil)
-	if st.rcpts == 0 {
-		r.release(st)
-		return nil, nil
-	}
-	if rep := r.startData(ctx, s, st); rep != nil {
-		r.release(st)
-		return rep, nil
-	}
-	up := st.up
-	r.bound(ctx, up)
-	err := st.w.Flush()
-	var resp *smtp.DataResponse
-	if err == nil {
-		resp, err = st.data.CloseWithResponse()
-	}
-	st.data = nil
-	logUpstream(txn, up)
-	if err != nil {
-		rep, answered := replyFor(err)
-		txn.AddLogField(zap.String("relay_reply", rep.Error()))
-		if !answered {
-			r.logger.Warn("upstream failed at end of data", zap.String("session", s.ID()), zap.String("queue_id", txn.ID),
-				zap.String("upstream", up.addr), zap.Error(err))
-			up.close()
-			if rep == replyConnLost {
-				rep = replyUpstreamFail
-			}
-			return rep, nil
-		}
-		r.done(up)
-		return rep, nil
-	}
-	txn.AddLogField(zap.String("relay_reply", session.Sanitize(strings.ReplaceAll(resp.StatusText, "\n", " "), 200)))
-	r.done(up)
-	return nil, nil
+	return slices.ContainsFunc(st.sent, func(s session.Recipient) bool { return sameRecipient(s, rc) })
+}
+
+func sameRecipient(a, b session.Recipient) bool {
+	return a.Path.Mailbox == b.Path.Mailbox && slices.Equal(a.Params, b.Params)
+}
+
+// envelopeSent reports whether the upstream transaction st carries exactly
+// the final envelope: the sender and MAIL parameters, and rcpts, in order.
+func (st *txnState) envelopeSent(d *session.Delivery, rcpts []session.Recipient) bool {
+	return st.from == d.From.Mailbox && slices.Equal(st.params, d.MailParams) &&
+		slices.EqualFunc(st.sent, rcpts, sameRecipient)
 }
 
 // logUpstream adds to the per-message log line where the message went and
-// how: relay (the upstream's address), relay_tls, and relay_tls_verified
-// (whether its certificate verified) when relay_tls.
-func logUpstream(txn *session.Transaction, up *upstream) {
-	txn.AddLogField(zap.String("relay", up.addr))
-	txn.AddLogField(zap.Bool("relay_tls", up.tls))
-	if up.tls {
-		txn.AddLogField(zap.Bool("relay_tls_verified", up.verified))
+// how: relay (the upstream's address), relay_reply (its reply to the end
+// of data), relay_tls, and relay_tls_verified (whether its certificate
+// verified) when relay_tls. A message that took several upstream
+// transactions (to mx, a judge added a recipient of another domain) lists
+// their addresses and replies in order; relay_tls and relay_tls_verified
+// then hold only when they hold for every one.
+func logUpstream(txn *session.Transaction, outs []outcome) {
+	if len(outs) == 0 {
+		return
 	}
-}
-
-// Abort lets go of the upstream transaction: it is reset, or cut if its
-// data had started.
-func (r *Relay) Abort(s *session.Session, _ error) {
-	if st := r.state(s); st != nil {
-		s.Transaction().SetValue(key{r}, nil)
-		r.release(st)
+	addrs, replies := make([]string, len(outs)), make([]string, len(outs))
+	secure, verified := true, true
+	for i, o := range outs {
+		addrs[i], replies[i] = o.addr, o.reply
+		secure = secure && o.tls
+		verified = verified && o.verified
+	}
+	txn.AddLogField(zap.String("relay", strings.Join(addrs, ", ")))
+	txn.AddLogField(zap.String("relay_reply", strings.Join(replies, "; ")))
+	txn.AddLogField(zap.Bool("relay_tls", secure))
+	if secure {
+		txn.AddLogField(zap.Bool("relay_tls_verified", verified))
 	}
 }

@@ -61,7 +61,7 @@ func (u *upstream) hasExt(ext string) bool {
 // upConn is the connection under the SMTP client. It replays a greeting
 // to the client when the real one was read before STARTTLS, and gives every
 // write a deadline, so a stalled upstream cannot hold a session while the
-// message streams.
+// message is sent.
 type upConn struct {
 	net.Conn
 	greeting []byte
