@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -21,12 +22,28 @@ const crashCaddyfile = `{
 				esmtp {
 					hostname crash.example.test
 					max_message_size 4MiB
+					handler_timeout 10m
+					@held rcpt straggler@example.test
 					maildir %MAIL%
+					exec @held %HOLD% {
+						timeout 10m
+					}
 				}
 			}
 		}
 	}
 }
+`
+
+// holdScript is a command for exec that holds a delivery open until
+// Caddy is gone: it reads the message, then writes to its standard error
+// (which Caddy reads) until that fails.
+const holdScript = `#!/bin/sh
+cat >/dev/null
+while echo holding >&2; do
+	sleep 0.1
+done
+exit 75
 `
 
 // crashKillPoints is how many times Caddy is killed during the load.
@@ -35,8 +52,9 @@ const crashKillPoints = 3
 // TestCrashNothingAcknowledgedIsLost runs the real Caddy binary with a
 // Maildir, sends mail from 8 parallel clients, and kills Caddy with SIGKILL
 // at a random moment (after a random number of 250s, with the clients
-// anywhere in their transactions and one client known to be in the middle
-// of DATA), then starts it again; three times, then a last round ends with
+// anywhere in their transactions, one client known to be in the middle of
+// DATA and one message prepared in tmp/ and held there by a second
+// delivery), then starts it again; three times, then a last round ends with
 // a graceful stop. Then: every message that got a 250 is in new/ byte for
 // byte, every file in new/ is a complete message that was sent, and the
 // tmp/ files each kill left were removed when Caddy started again.
@@ -49,7 +67,11 @@ func TestCrashNothingAcknowledgedIsLost(t *testing.T) {
 	maildir := filepath.Join(dir, "mail")
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	config := processCaddyfile(t, dir, crashCaddyfile, 0, port, maildir)
+	hold := filepath.Join(dir, "hold.sh")
+	if err := os.WriteFile(hold, []byte(holdScript), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	config := processCaddyfile(t, dir, strings.ReplaceAll(crashCaddyfile, "%HOLD%", hold), 0, port, maildir)
 	logPath := filepath.Join(dir, "caddy.log")
 
 	const clients = 8
@@ -125,20 +147,37 @@ func TestCrashNothingAcknowledgedIsLost(t *testing.T) {
 		}
 
 		if !last {
-			// One client stops in the middle of DATA, after more than
-			// maildir's write buffer, so that each kill surely leaves an
-			// unfinished delivery in tmp/.
-			sid := fmt.Sprintf("straggler%d", phase)
+			// One client stops in the middle of DATA; another sends a
+			// whole message to straggler@, which a second delivery (a
+			// command that never ends) holds after maildir has
+			// prepared it: each kill surely leaves an unfinished
+			// delivery in tmp/.
 			straggler, err := dialSMTP(addr, "straggler.client.test")
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer straggler.c.Close()
-			m := sizedLoadMsg(rng, sid, 200<<10)
-			if err := straggler.begin(m, 150<<10); err != nil {
+			if err := straggler.begin(sizedLoadMsg(rng, fmt.Sprintf("in-data%d", phase), 200<<10), 150<<10); err != nil {
 				t.Fatalf("straggler: %v", err)
 			}
-			waitFor(t, "the straggler's file in tmp/", func() bool { return tmpHolds(maildir, sid) })
+			sid := fmt.Sprintf("straggler%d", phase)
+			held, err := dialSMTP(addr, "held.client.test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer held.c.Close()
+			for _, c := range []struct {
+				line string
+				want int
+			}{{"MAIL FROM:<load@client.test>", 250}, {"RCPT TO:<straggler@example.test>", 250}, {"DATA", 354}} {
+				if code, text, err := held.cmd(c.line); err != nil || code != c.want {
+					t.Fatalf("held message: %s: %d %s %v", c.line, code, text, err)
+				}
+			}
+			if _, err := held.c.Write(dotStuff(sizedLoadMsg(rng, sid, 20<<10).data)); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "the held message's file in tmp/", func() bool { return tmpHolds(maildir, sid) })
 		}
 		waitFor(t, fmt.Sprintf("%d messages in phase %d", target, phase), func() bool {
 			return failed() || l.phaseAcked() >= target
@@ -155,7 +194,7 @@ func TestCrashNothingAcknowledgedIsLost(t *testing.T) {
 			wg.Wait()
 			kills[phase].leftovers = len(tmpFiles(t, maildir))
 			if kills[phase].leftovers == 0 {
-				t.Errorf("kill %d left nothing in tmp/, though the straggler was in DATA", phase+1)
+				t.Errorf("kill %d left nothing in tmp/, though a delivery was held after maildir prepared it", phase+1)
 			}
 		}
 		for _, err := range clientErrs {

@@ -272,8 +272,7 @@ func TestGracefulStop(t *testing.T) {
 	d.send("DATA\r\n")
 	d.expect("354 ")
 	wireD := dotStuff(msgD.data)
-	d.send(string(wireD[:80<<10]))
-	waitFor(t, "the hang-up session's file in tmp/", func() bool { return tmpHolds(maildir, "hangs-up") })
+	d.send(string(wireD[:80<<10])) // in DATA: spooled by the engine, nothing in the Maildir yet
 
 	stopped := make(chan []byte, 1)
 	bin := caddyBinary(t)
@@ -344,7 +343,6 @@ func TestStopGraceEnds(t *testing.T) {
 	s.expect("250 ")
 	s.expect("354 ")
 	s.send("Subject: never finished\r\n\r\n" + strings.Repeat("a line of the body\r\n", 5000))
-	waitFor(t, "the file in tmp/", func() bool { return tmpHolds(maildir, "never finished") })
 	proc.cmd.Process.Signal(syscall.SIGTERM)
 	s.expect("421 4.3.2")
 	expectEOF(t, s)
