@@ -1,6 +1,7 @@
 package integration_test
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -21,15 +22,31 @@ const crashCaddyfile = `{
 				esmtp {
 					hostname crash.example.test
 					max_message_size 4MiB
+					handler_timeout 10m
 					spool_dir %MAIL%-spool
+					@held rcpt straggler@example.test
 					example_judge
 					maildir %MAIL%
 					maildir %MAIL%-copy
+					exec @held %HOLD% {
+						timeout 10m
+					}
 				}
 			}
 		}
 	}
 }
+`
+
+// holdScript is a command for exec that holds a delivery open until
+// Caddy is gone: it reads the message, then writes to its standard error
+// (which Caddy reads) until that fails.
+const holdScript = `#!/bin/sh
+cat >/dev/null
+while echo holding >&2; do
+	sleep 0.1
+done
+exit 75
 `
 
 // crashKillPoints is how many times Caddy is killed during the load.
@@ -38,14 +55,15 @@ const crashKillPoints = 3
 // TestCrashNothingAcknowledgedIsLost runs the real Caddy binary with a
 // judge and two Maildirs in its list, sends mail from 8 parallel clients,
 // and kills Caddy with SIGKILL at a random moment (after a random number of
-// 250s, with the clients anywhere in their transactions and one client
-// known to be in the middle of DATA with a message big enough to be
-// spooled to a file), then starts it again; three times, then a last round
-// ends with a graceful stop. Then: every message that got a 250 is in both
-// Maildirs' new/ byte for byte with the judge's field, every file in new/
-// is a complete message that was sent, the spool directory never shows a
-// file (spool files are unlinked at once), and tmp/ files a kill left were
-// removed when Caddy started again.
+// 250s, with the clients anywhere in their transactions, one client known
+// to be in the middle of DATA with a message big enough to be spooled to a
+// file, and one message prepared in tmp/ and held there by a third
+// delivery), then starts it again; three times, then a last round ends
+// with a graceful stop. Then: every message that got a 250 is in both
+// Maildirs' new/ byte for byte (with the judge's field), every file in
+// new/ is a complete message that was sent, the spool directory never
+// shows a file (spool files are unlinked at once), and the tmp/ files each
+// kill left were removed when Caddy started again.
 func TestCrashNothingAcknowledgedIsLost(t *testing.T) {
 	t.Parallel()
 	seed := uint64(time.Now().UnixNano())
@@ -59,7 +77,11 @@ func TestCrashNothingAcknowledgedIsLost(t *testing.T) {
 	}
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	config := processCaddyfile(t, dir, crashCaddyfile, 0, port, maildir)
+	hold := filepath.Join(dir, "hold.sh")
+	if err := os.WriteFile(hold, []byte(holdScript), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	config := processCaddyfile(t, dir, strings.ReplaceAll(crashCaddyfile, "%HOLD%", hold), 0, port, maildir)
 	logPath := filepath.Join(dir, "caddy.log")
 
 	const clients = 8
@@ -135,20 +157,40 @@ func TestCrashNothingAcknowledgedIsLost(t *testing.T) {
 		}
 
 		if !last {
-			// One client stops in the middle of DATA, past the 1 MiB a
-			// message may be spooled in memory, so that each kill surely
-			// cuts a message whose spool is a file.
-			sid := fmt.Sprintf("straggler%d", phase)
+			// One client stops in the middle of DATA; another sends a
+			// whole message to straggler@, which a second delivery (a
+			// command that never ends) holds after maildir has
+			// prepared it: each kill surely leaves an unfinished
+			// delivery in tmp/.
 			straggler, err := dialSMTP(addr, "straggler.client.test")
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer straggler.c.Close()
-			m := sizedLoadMsg(rng, sid, 2<<20)
-			if err := straggler.begin(m, 3<<19); err != nil {
+			// Past the 1 MiB a message may be spooled in memory: its
+			// spool is a file, which the kill cuts.
+			if err := straggler.begin(sizedLoadMsg(rng, fmt.Sprintf("in-data%d", phase), 2<<20), 3<<19); err != nil {
 				t.Fatalf("straggler: %v", err)
 			}
 			waitFor(t, "the straggler's spool file", func() bool { return holdsFileIn(proc.cmd.Process.Pid, spoolDir) })
+			sid := fmt.Sprintf("straggler%d", phase)
+			held, err := dialSMTP(addr, "held.client.test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer held.c.Close()
+			for _, c := range []struct {
+				line string
+				want int
+			}{{"MAIL FROM:<load@client.test>", 250}, {"RCPT TO:<straggler@example.test>", 250}, {"DATA", 354}} {
+				if code, text, err := held.cmd(c.line); err != nil || code != c.want {
+					t.Fatalf("held message: %s: %d %s %v", c.line, code, text, err)
+				}
+			}
+			if _, err := held.c.Write(dotStuff(sizedLoadMsg(rng, sid, 20<<10).data)); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "the held message's file in tmp/", func() bool { return tmpHolds(maildir, sid) })
 		}
 		waitFor(t, fmt.Sprintf("%d messages in phase %d", target, phase), func() bool {
 			return failed() || l.phaseAcked() >= target
@@ -164,6 +206,9 @@ func TestCrashNothingAcknowledgedIsLost(t *testing.T) {
 			proc.kill9()
 			wg.Wait()
 			kills[phase].leftovers = len(tmpFiles(t, maildir)) + len(tmpFiles(t, copyDir))
+			if kills[phase].leftovers == 0 {
+				t.Errorf("kill %d left nothing in tmp/, though a delivery was held after maildir prepared it", phase+1)
+			}
 			if left, _ := os.ReadDir(spoolDir); len(left) > 0 {
 				t.Errorf("kill %d left %d visible file(s) in the spool directory", phase+1, len(left))
 			}
@@ -230,6 +275,24 @@ func TestCrashNothingAcknowledgedIsLost(t *testing.T) {
 		ackedPer[crashKillPoints], foundPer[crashKillPoints])
 	t.Logf("figures: total %d messages started, %d acknowledged, %d files in new/, %d partial or unknown, %d lost",
 		len(l.started), len(l.acked), res.delivered, len(res.bad), lost)
+}
+
+// tmpHolds reports whether a file in dir/tmp contains s in its first 8 KiB.
+func tmpHolds(dir, s string) bool {
+	entries, _ := os.ReadDir(filepath.Join(dir, "tmp"))
+	for _, e := range entries {
+		f, err := os.Open(filepath.Join(dir, "tmp", e.Name()))
+		if err != nil {
+			continue
+		}
+		b := make([]byte, 8<<10)
+		n, _ := f.Read(b)
+		f.Close()
+		if bytes.Contains(b[:n], []byte(s)) {
+			return true
+		}
+	}
+	return false
 }
 
 // holdsFileIn reports whether process pid has a file of dir open (its

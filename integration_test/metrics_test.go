@@ -68,7 +68,8 @@ func TestMetrics(t *testing.T) {
 		`caddy_esmtp_messages_total{code_class="5xx"} 1`,
 		`caddy_esmtp_recipients_total 2`,
 		fmt.Sprintf(`caddy_esmtp_message_bytes_total %d`, len(message)),
-		`caddy_esmtp_handler_duration_seconds_count{event="end of message",handler="maildir"} 1`,
+		`caddy_esmtp_handler_duration_seconds_count{event="prepare",handler="maildir"} 1`,
+		`caddy_esmtp_handler_duration_seconds_count{event="commit",handler="maildir"} 1`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %q", want)

@@ -272,7 +272,7 @@ func TestGracefulStop(t *testing.T) {
 	d.send("DATA\r\n")
 	d.expect("354 ")
 	wireD := dotStuff(msgD.data)
-	d.send(string(wireD[:80<<10])) // in DATA (354 read): a transaction the stop lets finish
+	d.send(string(wireD[:80<<10])) // in DATA: spooled by the engine, nothing in the Maildir yet
 
 	stopped := make(chan []byte, 1)
 	bin := caddyBinary(t)

@@ -2,14 +2,16 @@
 // accepted message by piping it to a command's standard input, and answers
 // 250 only once the command has exited with status 0.
 //
-// The message is spooled to a temporary file while it arrives (never held
-// in memory); at end of message the command runs with that file as its
-// standard input: the message as received, our Received: field first, CRLF
-// line ends, not dot-stuffed. The command is run directly (os/exec), never
-// through a shell, with arguments from the configuration in which the
-// {esmtp.*} placeholders of package placeholders are replaced:
+// It is a delivery (session.DeliverHook): once the judges have accepted
+// the message, the command runs with the final message piped to its
+// standard input from the engine's spool (never held in memory, no file
+// of its own): our Received: field first, every judge's edit applied,
+// CRLF line ends, not dot-stuffed. The command is run directly (os/exec),
+// never through a shell, with arguments from the configuration in which
+// the {esmtp.*} placeholders of package placeholders are replaced:
 //
-//	{esmtp.from}         the sender's address; "" for the null sender <>
+//	{esmtp.from}         the sender's address (as the judges left it);
+//	                     "" for the null sender <>
 //	{esmtp.rcpt}         a recipient's address (see below), with
 //	{esmtp.rcpt.local}   its local part and
 //	{esmtp.rcpt.domain}  its domain, lower-cased
@@ -21,15 +23,16 @@
 //	{esmtp.session_id}   the session id, as in the logs
 //
 // An argument that contains a {esmtp.rcpt...} placeholder is repeated once
-// per recipient: "{esmtp.rcpt}" alone gives one argument per recipient,
+// per recipient of this delivery (the final recipients, those its matcher
+// takes): "{esmtp.rcpt}" alone gives one argument per recipient,
 // "--to={esmtp.rcpt}" one --to= per recipient. Values are put in as they
 // are, in one pass (a value that looks like a placeholder stays as it is).
 // Caddy's global placeholders such as {env.NAME} work too. Envelope values
 // come from the client: an address may start with "-", so put "--" before
 // them where the command takes options.
 //
-// Exit status 0 accepts the message (nil: later sub-handlers are asked
-// too). Other statuses follow sysexits.h as Postfix's pipe(8) reads them
+// Exit status 0 delivers the message (the client gets 250 once every
+// other delivery succeeded too). Other statuses follow sysexits.h as Postfix's pipe(8) reads them
 // (its sys_exits table): EX_TEMPFAIL (75) and EX_OSERR (71) answer
 // 451 4.3.0, so the client tries again later; the other sysexits codes,
 // 64 to 78, reject the message for good with the table's enhanced status
@@ -38,21 +41,19 @@
 // 127) answers 451 4.3.0: unlike Postfix, an exit status that says
 // nothing about the message never bounces it. A command killed by a
 // signal, killed at the timeout, or that cannot be started answers
-// 451 4.3.0 too. The first 4 KiB of its
-// standard error go into the message's log line ("exec_stderr"); its
-// standard output is discarded. It inherits Caddy's environment and
-// working directory.
-//
-// The temporary file is unlinked as soon as it is created (where the
-// system allows it), so even a crash leaves nothing behind; it is closed
-// once the command has exited and when a transaction is aborted.
+// 451 4.3.0 too, and so does a message that could not be read from the
+// spool in full (the command may have seen only part of it). A command
+// that exits without reading all of its standard input is judged by its
+// exit status alone. The first 4 KiB of its standard error go into the
+// message's log line ("exec_stderr"); its standard output is discarded.
+// It inherits Caddy's environment and working directory.
 package exec
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
+	"io"
 	osexec "os/exec"
 	"path/filepath"
 	"regexp"
@@ -63,7 +64,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
-	"github.com/caddy-esmtp/caddy-esmtp/internal/spool"
 	"github.com/caddy-esmtp/caddy-esmtp/placeholders"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
@@ -86,8 +86,12 @@ type Exec struct {
 	// process group, on Unix) and the client gets 451 4.3.0. It is also
 	// cut to fit the engine's handler_timeout. Default: 60s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
-	// TempDir is the directory for the spool files. Default: the system's
-	// temporary directory.
+	// TempDir is ignored, with a warning when the config loads: the
+	// engine keeps the one spool of each message (where the esmtp
+	// handler's spool settings say) and exec reads from it. It is kept so
+	// that configurations that set it still load.
+	//
+	// Deprecated: the message is no longer spooled by exec.
 	TempDir string `json:"temp_dir,omitempty"`
 
 	path    string // Command, looked up
@@ -181,68 +185,20 @@ func (e *Exec) Provision(ctx caddy.Context) error {
 		e.Timeout = caddy.Duration(defaultTimeout)
 	}
 	if e.TempDir != "" {
-		if fi, err := os.Stat(e.TempDir); err != nil || !fi.IsDir() {
-			return fmt.Errorf("exec: temp_dir: %q is not a directory", e.TempDir)
-		}
+		e.logger.Warn("exec: temp_dir is ignored: the engine spools each message once", zap.String("temp_dir", e.TempDir))
 	}
 	return nil
 }
 
-// Header starts the spool on the first field (the Received: field) and
-// writes each field as received.
-func (e *Exec) Header(_ context.Context, s *session.Session, h session.HeaderField) error {
-	sp := spool.Get[*spool.Spool](s, e)
-	if sp == nil {
-		var err error
-		if sp, err = spool.New(e.TempDir, "esmtp-exec-*", nil); err != nil {
-			e.logger.Error("creating the spool file", zap.String("queue_id", s.Transaction().ID), zap.String("dir", e.TempDir), zap.Error(err))
-			return spool.ErrReply
-		}
-		spool.Set(s, e, sp)
-	}
-	return e.write(s, sp, h.Raw)
-}
-
-// EndOfHeaders writes the blank line that ended the header section.
-func (e *Exec) EndOfHeaders(_ context.Context, s *session.Session, raw []byte) error {
-	if sp := spool.Get[*spool.Spool](s, e); sp != nil {
-		return e.write(s, sp, raw)
-	}
-	return nil
-}
-
-// Body writes a body chunk.
-func (e *Exec) Body(_ context.Context, s *session.Session, chunk []byte) error {
-	if sp := spool.Get[*spool.Spool](s, e); sp != nil {
-		return e.write(s, sp, chunk)
-	}
-	return nil
-}
-
-func (e *Exec) write(s *session.Session, sp *spool.Spool, p []byte) error {
-	if _, err := sp.Write(p); err != nil {
-		e.logger.Error("writing the spool file", zap.String("queue_id", s.Transaction().ID), zap.Error(err))
-		return spool.ErrReply
-	}
-	return nil
-}
-
-// EndOfMessage runs the command with the message as its standard input;
-// it returns nil when the command exits with status 0, so later
-// sub-handlers are asked too.
-func (e *Exec) EndOfMessage(ctx context.Context, s *session.Session) (*session.Reply, error) {
+// Deliver runs the command with the message as its standard input; it
+// returns nil when the command exits with status 0, and otherwise the
+// reply the exit status maps to.
+func (e *Exec) Deliver(ctx context.Context, s *session.Session, d *session.Delivery) error {
 	txn := s.Transaction()
-	sp := spool.Get[*spool.Spool](s, e)
-	if sp == nil {
-		return nil, errors.New("exec: no message data was streamed")
+	if d.Message == nil {
+		return errors.New("exec: no message")
 	}
-	spool.Set(s, e, nil)
-	defer sp.Close()
-	if err := sp.Rewind(); err != nil {
-		e.logger.Error("writing the spool file", zap.String("queue_id", txn.ID), zap.Error(err))
-		return spool.ErrReply, nil
-	}
-	res := e.run(ctx, s, sp.File())
+	res := e.run(ctx, s, d)
 	if res.exit >= 0 {
 		txn.AddLogField(zap.Int("exec_exit", res.exit))
 	}
@@ -253,7 +209,7 @@ func (e *Exec) EndOfMessage(ctx context.Context, s *session.Session) (*session.R
 		txn.AddLogField(zap.String("exec_error", res.err.Error()))
 	}
 	if res.err == nil && res.exit == 0 {
-		return nil, nil
+		return nil
 	}
 	reply := e.reply(res)
 	if reply.Temporary() {
@@ -263,7 +219,7 @@ func (e *Exec) EndOfMessage(ctx context.Context, s *session.Session) (*session.R
 		e.logger.Warn("message rejected by command", zap.String("queue_id", txn.ID), zap.String("command", e.path),
 			zap.Int("exit", res.exit), zap.ByteString("stderr", res.stderr))
 	}
-	return reply, nil
+	return reply
 }
 
 // reply answers a run that did not exit 0: by the sysexits table for
@@ -284,20 +240,15 @@ func (e *Exec) reply(res result) *session.Reply {
 	}
 }
 
-// Abort closes the spool of a transaction that ended without delivery.
-func (e *Exec) Abort(s *session.Session, _ error) {
-	spool.Abort[*spool.Spool](s, e)
-}
-
 // result is the outcome of one run.
 type result struct {
 	exit   int    // the exit status; -1 when there is none
 	stderr []byte // the start of its standard error
-	err    error  // not started, killed by a signal or at the timeout
+	err    error  // not started, killed by a signal or at the timeout, or the message not read in full
 }
 
-// run runs the command with stdin as its standard input.
-func (e *Exec) run(ctx context.Context, s *session.Session, stdin *os.File) result {
+// run runs the command with the delivery's message as its standard input.
+func (e *Exec) run(ctx context.Context, s *session.Session, d *session.Delivery) result {
 	timeout := time.Duration(e.Timeout)
 	if dl, ok := ctx.Deadline(); ok {
 		// Keep a little time to answer before the engine's
@@ -310,14 +261,17 @@ func (e *Exec) run(ctx context.Context, s *session.Session, stdin *os.File) resu
 	}
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := osexec.CommandContext(rctx, e.path, e.args(s)...)
+	cmd := osexec.CommandContext(rctx, e.path, e.args(s, d)...)
 	cmd.Args[0] = e.Command
+	// os/exec copies it into a pipe; a command that exits without
+	// reading it all is not an error (EPIPE is ignored).
+	stdin := &messageReader{r: d.Message.Reader()}
 	cmd.Stdin = stdin
 	var stderr limitedBuffer
 	cmd.Stderr = &stderr
 	ownGroup(cmd)
-	// Children that escaped the kill and keep stderr open are waited for
-	// only this long.
+	// Children that escaped the kill and keep stdin or stderr open are
+	// waited for only this long.
 	cmd.WaitDelay = 500 * time.Millisecond
 	err := cmd.Run()
 	res := result{exit: -1, stderr: stderr.buf}
@@ -332,26 +286,45 @@ func (e *Exec) run(ctx context.Context, s *session.Session, stdin *os.File) resu
 		res.err = fmt.Errorf("killed after %s: %w", timeout.Round(time.Millisecond), rctx.Err())
 	case res.exit == -1:
 		res.err = fmt.Errorf("%s", cmd.ProcessState) // "signal: killed"
+	case stdin.err != nil:
+		// The command may have seen part of the message only.
+		res.err = fmt.Errorf("reading the message: %w", stdin.err)
 	case errors.Is(err, osexec.ErrWaitDelay):
-		// It exited; something it started kept stderr open. The exit
-		// status stands.
-		e.logger.Warn("command left a process holding its stderr open", zap.String("queue_id", s.Transaction().ID), zap.String("command", e.path))
+		// It exited; something it started kept stdin or stderr open.
+		// The exit status stands.
+		e.logger.Warn("command left a process holding its stdin or stderr open", zap.String("queue_id", s.Transaction().ID), zap.String("command", e.path))
 	}
 	return res
 }
 
-// args returns the arguments with the placeholders replaced, in one pass.
-func (e *Exec) args(s *session.Session) []string {
-	txn := s.Transaction()
+// messageReader reads the message and keeps the first read error, to
+// tell a spool that failed from a command that stopped reading.
+type messageReader struct {
+	r   io.Reader
+	err error
+}
+
+func (m *messageReader) Read(p []byte) (int, error) {
+	n, err := m.r.Read(p)
+	if err != nil && err != io.EOF && m.err == nil {
+		m.err = err
+	}
+	return n, err
+}
+
+// args returns the arguments with the placeholders replaced, in one pass:
+// the sender and the recipients are the delivery's.
+func (e *Exec) args(s *session.Session, d *session.Delivery) []string {
 	repl := placeholders.New(s)
 	repl.Set("esmtp.auth", s.AuthUser())
-	out := make([]string, 0, len(e.Args)+len(txn.Recipients))
+	repl.Set("esmtp.from", d.From.Mailbox)
+	out := make([]string, 0, len(e.Args)+len(d.Recipients))
 	for i, a := range e.Args {
 		if !e.perRcpt[i] {
 			out = append(out, repl.ReplaceKnown(a, ""))
 			continue
 		}
-		for _, rc := range txn.Recipients {
+		for _, rc := range d.Recipients {
 			placeholders.WithRecipient(repl, rc.Path)
 			out = append(out, repl.ReplaceKnown(a, ""))
 		}
@@ -375,8 +348,9 @@ func (b *limitedBuffer) Write(p []byte) (int, error) {
 //	exec [<command> [<args...>]] {
 //		command  <command> [<args...>]
 //		timeout  <duration>
-//		temp_dir <dir>
 //	}
+//
+// temp_dir <dir> is accepted and ignored (see TempDir).
 func (e *Exec) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the sub-handler name
 	if args := d.RemainingArgs(); len(args) > 0 {
@@ -428,11 +402,7 @@ func (e *Exec) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // Interface guards
 var (
-	_ caddy.Provisioner        = (*Exec)(nil)
-	_ caddyfile.Unmarshaler    = (*Exec)(nil)
-	_ session.HeaderHook       = (*Exec)(nil)
-	_ session.EndOfHeadersHook = (*Exec)(nil)
-	_ session.BodyHook         = (*Exec)(nil)
-	_ session.MessageHook      = (*Exec)(nil)
-	_ session.AbortHook        = (*Exec)(nil)
+	_ caddy.Provisioner     = (*Exec)(nil)
+	_ caddyfile.Unmarshaler = (*Exec)(nil)
+	_ session.DeliverHook   = (*Exec)(nil)
 )

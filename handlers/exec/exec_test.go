@@ -75,28 +75,32 @@ var messages = map[string]string{
 	"big":                     "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("0123456789", 99)+"\r\n", 300),
 }
 
+// TestStdinByteExact: the command reads the message as received, from
+// the engine's spool in memory or in a file.
 func TestStdinByteExact(t *testing.T) {
 	sh := script(t, `cat > "$1"`)
-	for name, msg := range messages {
-		t.Run(name, func(t *testing.T) {
-			out := filepath.Join(t.TempDir(), "out")
-			e := provision(t, &Exec{Command: sh, Args: []string{out}})
-			ts := smtptest.ServeConfig(t, session.Config{}, e)
-			c := ts.DialTCPHello()
-			if r := smtptest.Mail(c, msg, "rcpt@example.test"); !strings.HasPrefix(r, "250 2.0.0 ") {
-				t.Fatalf("end of data: %q", r)
-			}
-			got, err := os.ReadFile(out)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if body := smtptest.SplitReceived(t, got); !bytes.Equal(body, []byte(msg)) {
-				t.Errorf("stdin differs\n got: %q\nwant: %q", body, msg)
-			}
-			c.Cmd("QUIT", "221")
-			ts.Close()
-			smtptest.AssertNoSpool(t, e.TempDir)
-		})
+	for _, toFile := range []bool{false, true} {
+		for name, msg := range messages {
+			t.Run(fmt.Sprintf("%s/spool-file=%v", name, toFile), func(t *testing.T) {
+				out := filepath.Join(t.TempDir(), "out")
+				e := provision(t, &Exec{Command: sh, Args: []string{out}})
+				ts, spoolDir := serve(t, session.Config{}, toFile, e)
+				c := ts.DialTCPHello()
+				if r := smtptest.Mail(c, msg, "rcpt@example.test"); !strings.HasPrefix(r, "250 2.0.0 ") {
+					t.Fatalf("end of data: %q", r)
+				}
+				got, err := os.ReadFile(out)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if body := smtptest.SplitReceived(t, got); !bytes.Equal(body, []byte(msg)) {
+					t.Errorf("stdin differs\n got: %q\nwant: %q", body, msg)
+				}
+				c.Cmd("QUIT", "221")
+				ts.Close()
+				smtptest.AssertNoSpool(t, spoolDir)
+			})
+		}
 	}
 }
 
@@ -195,7 +199,7 @@ func TestExitStatus(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := provision(t, &Exec{Command: script(t, tc.body)})
 			log, logs := observed()
-			ts := smtptest.ServeConfig(t, session.Config{Logger: log}, e)
+			ts, spoolDir := serve(t, session.Config{Logger: log}, true, e)
 			c := ts.DialTCPHello()
 			c.Cmd("MAIL FROM:<a@example.test>", "250")
 			c.Cmd("RCPT TO:<b@example.test>", "250")
@@ -225,7 +229,7 @@ func TestExitStatus(t *testing.T) {
 			if got, _ := f["exec_stderr"].(string); got != tc.stderr {
 				t.Errorf("exec_stderr = %q, want %q", got, tc.stderr)
 			}
-			smtptest.AssertNoSpool(t, e.TempDir)
+			smtptest.AssertNoSpool(t, spoolDir)
 		})
 	}
 }
@@ -237,7 +241,7 @@ func TestTimeoutKills(t *testing.T) {
 	sh := script(t, `sleep 3600 & echo $! > "$1"; wait`)
 	e := provision(t, &Exec{Command: sh, Args: []string{pidFile}, Timeout: caddy.Duration(200 * time.Millisecond)})
 	log, logs := observed()
-	ts := smtptest.ServeConfig(t, session.Config{Logger: log}, e)
+	ts, spoolDir := serve(t, session.Config{Logger: log}, true, e)
 	c := ts.DialTCPHello()
 	if r := smtptest.Mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
 		t.Fatalf("end of data: %q", r)
@@ -248,7 +252,7 @@ func TestTimeoutKills(t *testing.T) {
 	if msg, _ := f["exec_error"].(string); !strings.Contains(msg, "killed after") {
 		t.Errorf("exec_error = %q", msg)
 	}
-	smtptest.AssertNoSpool(t, e.TempDir)
+	smtptest.AssertNoSpool(t, spoolDir)
 	if runtime.GOOS == "linux" {
 		pid, err := os.ReadFile(pidFile)
 		if err != nil {
@@ -286,17 +290,17 @@ func TestCommandGone(t *testing.T) {
 	sh := script(t, `exit 0`)
 	e := provision(t, &Exec{Command: sh})
 	os.Remove(sh)
-	ts := smtptest.ServeConfig(t, session.Config{}, e)
+	ts, spoolDir := serve(t, session.Config{}, true, e)
 	c := ts.DialTCPHello()
 	if r := smtptest.Mail(c, messages["plain"], "rcpt@example.test"); !strings.HasPrefix(r, "451 4.3.0 ") {
 		t.Fatalf("end of data: %q", r)
 	}
 	ts.Close()
-	smtptest.AssertNoSpool(t, e.TempDir)
+	smtptest.AssertNoSpool(t, spoolDir)
 }
 
-// TestTwoInstances: two exec sub-handlers in one list keep their own
-// spools and both deliver.
+// TestTwoInstances: two exec sub-handlers in one list both deliver, each
+// reading the one spool of the message.
 func TestTwoInstances(t *testing.T) {
 	sh := script(t, `cat > "$1"`)
 	dir := t.TempDir()
@@ -318,32 +322,32 @@ func TestTwoInstances(t *testing.T) {
 	}
 }
 
-// TestAbortClosesSpool: a message refused while streaming (too big), one
-// rejected by an earlier sub-handler and a client gone mid-DATA leave no
-// spool file, open or not, and never run the command.
-func TestAbortClosesSpool(t *testing.T) {
+// TestAbortedNeverRuns: a message refused while streaming (too big), one
+// refused by a judge and a client gone mid-DATA never run the command,
+// and leave no spool file, open or not.
+func TestAbortedNeverRuns(t *testing.T) {
 	marker := filepath.Join(t.TempDir(), "ran")
 	e := provision(t, &Exec{Command: script(t, `touch "$1"`), Args: []string{marker}})
 	started := make(chan struct{})
-	ts := smtptest.ServeConfig(t, session.Config{MaxMessageSize: 10000}, smtptest.Failing{}, e, smtptest.EOHSignal{Ch: started})
+	ts, spoolDir := serve(t, session.Config{MaxMessageSize: 10000}, true, smtptest.Failing{}, e, smtptest.EOHSignal{Ch: started})
 	c := ts.DialTCPHello()
 	if r := smtptest.Mail(c, messages["big"], "rcpt@example.test"); !strings.HasPrefix(r, "552 ") {
 		t.Fatalf("too big: %q", r)
 	}
 	if r := smtptest.Mail(c, "Subject: fail\r\n\r\nx\r\n", "rcpt@example.test"); !strings.HasPrefix(r, "550 5.7.1 ") {
-		t.Fatalf("failed by an earlier sub-handler: %q", r)
+		t.Fatalf("refused by a judge: %q", r)
 	}
 	c.Cmd("MAIL FROM:<a@example.test>", "250")
 	c.Cmd("RCPT TO:<b@example.test>", "250")
 	c.Cmd("DATA", "354")
 	c.Send("Subject: x\r\n\r\n" + strings.Repeat("line\r\n", 500))
-	<-started // the spool exists
+	<-started // the engine's spool file exists
 	c.Conn.Close()
 	ts.Close()
 	if _, err := os.Stat(marker); err == nil {
 		t.Errorf("the command ran for an aborted message")
 	}
-	smtptest.AssertNoSpool(t, e.TempDir)
+	smtptest.AssertNoSpool(t, spoolDir)
 }
 
 func TestProvisionErrors(t *testing.T) {
@@ -358,13 +362,16 @@ func TestProvisionErrors(t *testing.T) {
 		{&Exec{Command: t.TempDir()}, "command:"},
 		{&Exec{Command: sh, Args: []string{"x", "{esmtp.to}"}}, "args[1]: unknown placeholder {esmtp.to}"},
 		{&Exec{Command: sh, Timeout: -1}, "timeout:"},
-		{&Exec{Command: sh, TempDir: filepath.Join(t.TempDir(), "missing")}, "temp_dir:"},
 	}
 	for _, tc := range cases {
 		err := smtptest.Provision(tc.e)
 		if err == nil || !strings.Contains(err.Error(), "exec: "+tc.want) {
 			t.Errorf("%+v: got %v, want an error naming %q", tc.e, err, tc.want)
 		}
+	}
+	// temp_dir is ignored, whatever it names: old configurations load.
+	if err := smtptest.Provision(&Exec{Command: sh, TempDir: filepath.Join(t.TempDir(), "missing")}); err != nil {
+		t.Errorf("temp_dir: %v", err)
 	}
 }
 

@@ -68,25 +68,30 @@ func TestProvisionCleansLeftovers(t *testing.T) {
 }
 
 // TestCleanupSparesDeliveryInFlight: a second Maildir provisioned on the
-// same path while a delivery runs (what a reload does: the new
-// configuration is provisioned while sessions of the old one go on) leaves
-// that delivery's tmp/ file alone, and the message is delivered.
+// same path while a delivery waits to be committed (what a reload does:
+// the new configuration is provisioned while sessions of the old one go
+// on) leaves that delivery's tmp/ file alone, and the message is
+// delivered.
 func TestCleanupSparesDeliveryInFlight(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "mail")
-	ts := startServer(t, provision(t, dir), session.Config{})
-	c := dial(ts)
+	slow := &blockingDelivery{entered: make(chan struct{}), release: make(chan struct{})}
+	ts := smtptest.ServeConfig(t, session.Config{}, provision(t, dir), slow)
+	c := ts.DialTCPHello()
 	c.Cmd("MAIL FROM:<s@example.test>", "250")
 	c.Cmd("RCPT TO:<a@example.test>", "250")
 	c.Cmd("DATA", "354")
-	first := "Subject: in flight\r\n\r\n" + strings.Repeat("line\r\n", 20000)
-	c.Send(smtptest.Stuff(first))
-	waitFile(t, filepath.Join(dir, "tmp"))
+	msg := "Subject: in flight\r\n\r\n" + strings.Repeat("line\r\n", 20000)
+	c.Send(smtptest.Stuff(msg) + ".\r\n")
+	<-slow.entered // maildir has prepared: its file is in tmp/
+	if n := len(files(t, filepath.Join(dir, "tmp"))); n != 1 {
+		t.Fatalf("%d files in tmp/ while the delivery is in flight, want 1", n)
+	}
 	provision(t, dir) // the "new configuration"
-	c.Send(smtptest.Stuff("last\r\n") + ".\r\n")
+	close(slow.release)
 	c.Expect("250 2.0.0 ")
 	c.Cmd("QUIT", "221")
 	ts.Close()
-	if _, file := only(t, dir); string(smtptest.SplitReceived(t, file)) != first+"last\r\n" {
+	if _, file := only(t, dir); string(smtptest.SplitReceived(t, file)) != msg {
 		t.Errorf("delivered message differs (%d bytes)", len(file))
 	}
 }

@@ -1,17 +1,22 @@
 // Package maildir is the sub-handler esmtp.handlers.maildir: it delivers
 // each accepted message into a Maildir, durably, before the 250 is sent.
 //
-// The message is streamed into tmp/ as it arrives (never held in memory),
-// fsynced at end of data, then linked into new/ of every target Maildir and
-// the new/ directories fsynced. A failure answers 451 4.3.0 and leaves no
-// file in new/.
+// It is a two-step delivery (session.PrepareHook). Prepare writes the
+// final message (the engine's spool with every edit applied) into tmp/ of
+// each distinct Maildir of its recipients, once per Maildir, and fsyncs
+// each file; nothing is held in memory. Once every other delivery of the
+// message succeeded the engine commits: each file is linked into new/
+// and the new/ directories fsynced. Otherwise (or when a link fails) the
+// files are removed: no file in new/ ever holds a message the client was
+// told to send again or that was refused. A failure answers 451 4.3.0.
 //
 // File names are "<unix time>.<queue id>P<pid>Q<n>.<hostname>", unique per
 // delivery and the same in tmp/ and in every new/.
 //
-// A crash (kill -9, power loss) during a delivery leaves its file in tmp/:
-// never in new/, since a file is linked there only once complete and
-// fsynced, and the client, which got no 250, sends the message again. Such
+// A crash (kill -9, power loss) during a delivery leaves its files in
+// tmp/, never a partial one in new/, since a file is linked there only
+// once complete and fsynced; the client, which got no 250, sends the
+// message again. Such
 // leftovers are removed when a Maildir is next used: at Provision for a
 // fixed path, at the first delivery into it by this process for a path with
 // placeholders. Removed are the files in tmp/ that
@@ -31,16 +36,14 @@
 // whose Maildir path would have an element longer than a file name may be
 // (255 bytes), or be longer than the system takes, is refused there with
 // 553 5.1.3, rather than accepted and then failed with 451 at every retry.
-// A delivering sub-handler behind a match sees only its recipients, so
-// only those are checked.
+// Behind a matcher maildir is asked only about the recipients it takes,
+// so only those are checked (and delivered to).
 package maildir
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -70,10 +73,10 @@ type Maildir struct {
 	// {esmtp.rcpt.domain} and {esmtp.rcpt} for one Maildir per recipient
 	// (lower-cased unless KeepCase; path separators and control
 	// characters become '_', and so do the values "", "." and "..");
-	// the message is then written once
-	// and linked into each distinct directory. A recipient whose path
-	// would have an element longer than 255 bytes is refused at RCPT with
-	// 553 5.1.3. A relative path is relative to Caddy's working directory.
+	// the message is then written once into each distinct directory. A
+	// recipient whose path would have an element longer than 255 bytes is
+	// refused at RCPT with 553 5.1.3. A relative path is relative to
+	// Caddy's working directory.
 	Path string `json:"path,omitempty"`
 	// KeepCase keeps the recipient's local part as the client wrote it in
 	// what {esmtp.rcpt.local} and {esmtp.rcpt} expand to. By default it is
@@ -235,88 +238,160 @@ func makeMaildir(dir string) error {
 	return nil
 }
 
-// delivery is the per-transaction state, kept in the transaction.
-type delivery struct {
-	dirs []string // target Maildirs, distinct
-	tmp  string   // the file in dirs[0]/tmp
-	name string   // the file name, the same in every new/
-	f    *os.File
-	w    *bufio.Writer
-	err  error
-}
-
-// deliveryKey keys a delivery by its Maildir instance, so two maildir
-// sub-handlers in one list (say, behind two matchers) never share one.
-type deliveryKey struct{ m *Maildir }
-
+// seq numbers the deliveries of this process, for unique file names.
 var seq atomic.Uint64
 
-func (m *Maildir) delivery(s *session.Session) *delivery {
-	d, _ := s.Transaction().Value(deliveryKey{m}).(*delivery)
-	return d
-}
-
-// Header starts the delivery on the first field (the Received: field) and
-// writes each field as received.
-func (m *Maildir) Header(_ context.Context, s *session.Session, h session.HeaderField) error {
-	d := m.delivery(s)
-	if d == nil {
-		d = m.start(s)
-		s.Transaction().SetValue(deliveryKey{m}, d)
-	}
-	d.write(h.Raw)
-	return nil
-}
-
-// EndOfHeaders writes the blank line that ended the header section.
-func (m *Maildir) EndOfHeaders(_ context.Context, s *session.Session, raw []byte) error {
-	if d := m.delivery(s); d != nil {
-		d.write(raw)
-	}
-	return nil
-}
-
-// Body writes a body chunk.
-func (m *Maildir) Body(_ context.Context, s *session.Session, chunk []byte) error {
-	if d := m.delivery(s); d != nil {
-		d.write(chunk)
-	}
-	return nil
-}
-
-// EndOfMessage makes the message durable in every target Maildir; it
-// returns nil on success so later sub-handlers are asked too.
-func (m *Maildir) EndOfMessage(_ context.Context, s *session.Session) (*session.Reply, error) {
+// Prepare writes the message, from the engine's spool, into tmp/ of each
+// distinct Maildir of the delivery's recipients, fsyncs each file and
+// returns what Commit links into new/. On failure it leaves no file
+// behind and answers 451 4.3.0 (554 5.1.3 for a recipient whose Maildir
+// path can never be made).
+func (m *Maildir) Prepare(ctx context.Context, s *session.Session, d *session.Delivery) (session.Prepared, error) {
 	txn := s.Transaction()
-	d := m.delivery(s)
-	if d == nil {
-		return nil, errors.New("maildir: no message data was streamed")
+	if d.Message == nil {
+		return nil, errors.New("maildir: no message")
 	}
-	txn.SetValue(deliveryKey{m}, nil)
-	if err := m.commit(d); errors.Is(err, errNameTooLong) {
-		// A recipient an earlier sub-handler accepted with its own 2xx,
-		// so Rcpt never saw it: a retry could only fail again.
+	dirs, err := m.targets(d.Recipients)
+	if err != nil { // errNameTooLong
+		// A recipient an earlier sub-handler accepted with its own 2xx
+		// (or a judge added), so Rcpt never saw it: a retry could only
+		// fail again.
 		m.logger.Warn("message refused: a maildir path is too long", zap.String("queue_id", txn.ID), zap.Error(err))
-		return session.NewReply(554, replyNameTooLong.Enhanced, replyNameTooLong.Lines...), nil
-	} else if err != nil {
-		m.logger.Error("delivery failed", zap.String("queue_id", txn.ID), zap.Strings("maildirs", d.dirs), zap.Error(err))
-		return session.NewReply(451, "4.3.0", "Local delivery failed; try again later"), nil
+		return nil, session.NewReply(554, replyNameTooLong.Enhanced, replyNameTooLong.Lines...)
 	}
-	// The message's own log line says where it went.
-	txn.AddLogField(zap.Strings("maildirs", d.dirs))
-	txn.AddLogField(zap.String("maildir_file", d.name))
-	return nil, nil
+	p := &prepared{
+		m:    m,
+		txn:  txn,
+		dirs: dirs,
+		name: fmt.Sprintf("%d.%sP%dQ%d.%s", time.Now().Unix(), txn.ID, os.Getpid(), seq.Add(1), m.hostname),
+	}
+	if err := p.write(ctx, d.Message); err != nil {
+		p.Rollback()
+		m.logger.Error("delivery failed", zap.String("queue_id", txn.ID), zap.Strings("maildirs", dirs), zap.Error(err))
+		return nil, replyFailed
+	}
+	return p, nil
 }
 
-// Abort removes the temporary file of a transaction that ended without
-// delivery.
-func (m *Maildir) Abort(s *session.Session, _ error) {
-	if txn := s.Transaction(); txn != nil {
-		if d := m.delivery(s); d != nil {
-			d.discard()
-			txn.SetValue(deliveryKey{m}, nil)
+// replyFailed answers a delivery that failed for a reason that may pass.
+var replyFailed = session.NewReply(451, "4.3.0", "Local delivery failed; try again later")
+
+// prepared is a message written into tmp/ of its Maildirs, waiting for
+// Commit.
+type prepared struct {
+	m    *Maildir
+	txn  *session.Transaction
+	dirs []string // the target Maildirs, distinct paths (for the log)
+	name string   // the file name, the same in every tmp/ and new/
+	// homes are the distinct directories among dirs (an alias, such as
+	// a symlink or another case on a case-insensitive file system, is
+	// left out), and tmps the file written into each one's tmp/.
+	homes []string
+	tmps  []string
+}
+
+// write makes each Maildir and writes the message into its tmp/.
+func (p *prepared) write(ctx context.Context, msg *session.Message) error {
+	var seen []os.FileInfo
+next:
+	for _, dir := range p.dirs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := makeMaildir(dir); err != nil {
+			return err
+		}
+		if p.m.perRecipient {
+			if _, done := cleaned.LoadOrStore(dir, true); !done {
+				p.m.cleanTmp(dir)
+			}
+		}
+		fi, err := os.Stat(dir)
+		if err != nil {
+			return err
+		}
+		for _, other := range seen {
+			if os.SameFile(fi, other) {
+				continue next // an earlier target under another name
+			}
+		}
+		seen = append(seen, fi)
+		tmp := filepath.Join(dir, "tmp", p.name)
+		f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return err
+		}
+		p.homes, p.tmps = append(p.homes, dir), append(p.tmps, tmp)
+		_, err = msg.WriteTo(f)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
 		}
 	}
+	return nil
+}
+
+// Commit links each file from tmp/ into new/ and fsyncs new/; on any
+// failure no file is left in any new/ (nor in tmp/) and the client gets
+// 451 4.3.0.
+func (p *prepared) Commit() (err error) {
+	var linked []string
+	defer func() {
+		if err != nil {
+			for _, dst := range linked {
+				os.Remove(dst)
+			}
+			p.Rollback()
+			p.m.logger.Error("delivery failed", zap.String("queue_id", p.txn.ID), zap.Strings("maildirs", p.dirs), zap.Error(err))
+			err = replyFailed
+		}
+	}()
+	for i, tmp := range p.tmps {
+		dst := filepath.Join(p.homes[i], "new", p.name)
+		if err := publish(tmp, dst); err != nil {
+			return err
+		}
+		linked = append(linked, dst)
+		if err := syncDir(filepath.Join(p.homes[i], "new")); err != nil {
+			return err
+		}
+	}
+	// Delivered: the names in tmp/ are no longer needed. One left there
+	// by a failure here is removed as a leftover later.
+	p.Rollback()
+	// The message's own log line says where it went.
+	p.txn.AddLogField(zap.Strings("maildirs", p.dirs))
+	p.txn.AddLogField(zap.String("maildir_file", p.name))
+	return nil
+}
+
+// Rollback removes the files in tmp/.
+func (p *prepared) Rollback() {
+	for _, tmp := range p.tmps {
+		if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			p.m.logger.Warn("removing a file from tmp/", zap.String("file", tmp), zap.Error(err))
+		}
+	}
+	p.tmps, p.homes = nil, nil
+}
+
+// publish makes the file tmp visible as dst, never replacing a file that
+// is there: a hard link, or a rename where the file system has no hard
+// links (the name is unique, see the package documentation).
+func publish(tmp, dst string) error {
+	err := os.Link(tmp, dst)
+	if err == nil || errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	if _, serr := os.Lstat(dst); serr == nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
 }
 
 // Rcpt refuses a recipient whose Maildir, for a path with placeholders,
@@ -349,15 +424,15 @@ var errNameTooLong = errors.New("maildir path too long")
 // accepted it without asking us, a message) refused for errNameTooLong.
 var replyNameTooLong = session.NewReply(553, "5.1.3", "Mailbox name not allowed: too long for its Maildir path")
 
-// targets returns the distinct Maildirs of the transaction's recipients;
-// the error is errNameTooLong for a recipient no Maildir can be made for.
-func (m *Maildir) targets(txn *session.Transaction) ([]string, error) {
+// targets returns the distinct Maildirs of the recipients; the error is
+// errNameTooLong for a recipient no Maildir can be made for.
+func (m *Maildir) targets(rcpts []session.Recipient) ([]string, error) {
 	if !m.perRecipient {
 		return []string{m.Path}, nil
 	}
 	var dirs []string
 	seen := map[string]bool{}
-	for _, rc := range txn.Recipients {
+	for _, rc := range rcpts {
 		dir, err := m.dirFor(rc.Path)
 		if err != nil {
 			return nil, err
@@ -409,140 +484,6 @@ func pathSafe(v string) string {
 		return "_"
 	}
 	return v
-}
-
-func (m *Maildir) start(s *session.Session) *delivery {
-	txn := s.Transaction()
-	d := &delivery{}
-	d.name = fmt.Sprintf("%d.%sP%dQ%d.%s", time.Now().Unix(), txn.ID, os.Getpid(), seq.Add(1), m.hostname)
-	if d.dirs, d.err = m.targets(txn); d.err != nil {
-		return d
-	}
-	if err := makeMaildir(d.dirs[0]); err != nil {
-		d.err = err
-		return d
-	}
-	if m.perRecipient {
-		for _, dir := range d.dirs {
-			if _, done := cleaned.LoadOrStore(dir, true); !done {
-				m.cleanTmp(dir)
-			}
-		}
-	}
-	d.tmp = filepath.Join(d.dirs[0], "tmp", d.name)
-	f, err := os.OpenFile(d.tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		d.err = err
-		return d
-	}
-	d.f, d.w = f, bufio.NewWriterSize(f, 64<<10)
-	return d
-}
-
-func (d *delivery) write(p []byte) {
-	if d.err == nil && d.w != nil {
-		_, d.err = d.w.Write(p)
-	}
-}
-
-func (d *delivery) discard() {
-	if d.f != nil {
-		d.f.Close()
-		d.f = nil
-	}
-	if d.tmp != "" {
-		os.Remove(d.tmp)
-		d.tmp = ""
-	}
-}
-
-// commit flushes and fsyncs the file, links it into each new/ and fsyncs
-// those directories. On any failure no file is left in any new/.
-func (m *Maildir) commit(d *delivery) (err error) {
-	defer d.discard()
-	if d.err != nil {
-		return d.err
-	}
-	if err := d.w.Flush(); err != nil {
-		return err
-	}
-	if err := d.f.Sync(); err != nil {
-		return err
-	}
-	if err := d.f.Close(); err != nil {
-		return err
-	}
-	d.f = nil
-	var done []string
-	defer func() {
-		if err != nil {
-			for _, p := range done {
-				os.Remove(p)
-			}
-		}
-	}()
-	for _, dir := range d.dirs {
-		if err := makeMaildir(dir); err != nil {
-			return err
-		}
-		dst := filepath.Join(dir, "new", d.name)
-		if err := os.Link(d.tmp, dst); err != nil {
-			if errors.Is(err, fs.ErrExist) {
-				if sameFile(d.tmp, dst) {
-					// dir is an earlier target under another name (a
-					// symlinked alias, a case-insensitive file system).
-					continue
-				}
-				return err // never replace another message
-			}
-			if err := copyFile(d.tmp, filepath.Join(dir, "tmp", d.name), dst); err != nil {
-				return err
-			}
-		}
-		done = append(done, dst)
-		if err := syncDir(filepath.Join(dir, "new")); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// copyFile copies src into tmp (another file system), fsyncs it and renames
-// it to dst.
-func copyFile(src, tmp, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(out, in)
-	if err == nil {
-		err = out.Sync()
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, dst)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
-}
-
-// sameFile reports whether the paths a and b name one file.
-func sameFile(a, b string) bool {
-	fa, err := os.Stat(a)
-	if err != nil {
-		return false
-	}
-	fb, err := os.Stat(b)
-	return err == nil && os.SameFile(fa, fb)
 }
 
 func syncDir(dir string) error {
@@ -599,12 +540,9 @@ func (m *Maildir) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // Interface guards
 var (
-	_ caddy.Provisioner        = (*Maildir)(nil)
-	_ caddyfile.Unmarshaler    = (*Maildir)(nil)
-	_ session.RcptHook         = (*Maildir)(nil)
-	_ session.HeaderHook       = (*Maildir)(nil)
-	_ session.EndOfHeadersHook = (*Maildir)(nil)
-	_ session.BodyHook         = (*Maildir)(nil)
-	_ session.MessageHook      = (*Maildir)(nil)
-	_ session.AbortHook        = (*Maildir)(nil)
+	_ caddy.Provisioner     = (*Maildir)(nil)
+	_ caddyfile.Unmarshaler = (*Maildir)(nil)
+	_ session.RcptHook      = (*Maildir)(nil)
+	_ session.PrepareHook   = (*Maildir)(nil)
+	_ session.Prepared      = (*prepared)(nil)
 )
