@@ -103,6 +103,27 @@ func waitListening(t *testing.T, addr string) {
 	}
 }
 
+// esmtpCaddyfile is the usual test Caddyfile: no admin endpoint, one
+// layer4 server on %PORT% whose one route is an esmtp handler for
+// mx.example.test with the given lines (options and sub-handlers).
+func esmtpCaddyfile(lines string) string {
+	return `{
+	admin off
+	persist_config off
+	layer4 {
+		127.0.0.1:%PORT% {
+			route {
+				esmtp {
+					hostname mx.example.test
+					` + strings.TrimSpace(lines) + `
+				}
+			}
+		}
+	}
+}
+`
+}
+
 // issueCaddyfile is the Caddyfile of the foundation issue, verbatim but for
 // the port and the Maildir path.
 const issueCaddyfile = `{

@@ -87,14 +87,7 @@ func TestWebhookCaddyfile(t *testing.T) {
 			w.WriteHeader(http.StatusNoContent)
 		}
 	})
-	addr, _ := startCaddyfile(t, `{
-	admin off
-	persist_config off
-	layer4 {
-		127.0.0.1:%PORT% {
-			route {
-				esmtp {
-					hostname mx.example.test
+	addr, _ := startCaddyfile(t, esmtpCaddyfile(`
 					webhook `+rc.URL+`/mail {
 						timeout 300ms
 						retries 2
@@ -102,12 +95,7 @@ func TestWebhookCaddyfile(t *testing.T) {
 						secret {env.ESMTP_TEST_WEBHOOK_SECRET}
 						header X-Token abc
 					}
-				}
-			}
-		}
-	}
-}
-`)
+`))
 	reply := sendMessage(t, addr, "one@example.test", "two@example.test")
 	if !strings.HasPrefix(reply, "250 2.0.0 ") {
 		t.Fatalf("end of data: %q", reply)
@@ -206,14 +194,7 @@ func TestWebhookJSON(t *testing.T) {
 func TestWebhookJudged(t *testing.T) {
 	ok := func(int, http.ResponseWriter, *http.Request) {}
 	raw, js := newWebhookReceiver(t, ok), newWebhookReceiver(t, ok)
-	addr, _ := startCaddyfile(t, `{
-	admin off
-	persist_config off
-	layer4 {
-		127.0.0.1:%PORT% {
-			route {
-				esmtp {
-					hostname mx.example.test
+	addr, _ := startCaddyfile(t, esmtpCaddyfile(`
 					example_judge
 					webhook `+raw.URL+` {
 						secret k
@@ -222,12 +203,7 @@ func TestWebhookJudged(t *testing.T) {
 						format json
 						secret k
 					}
-				}
-			}
-		}
-	}
-}
-`)
+`))
 	if reply := sendMessage(t, addr, "b@example.test"); !strings.HasPrefix(reply, "250 2.0.0 ") {
 		t.Fatalf("end of data: %q", reply)
 	}
@@ -289,23 +265,11 @@ esac
 `), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	addr, _ := startCaddyfile(t, `{
-	admin off
-	persist_config off
-	layer4 {
-		127.0.0.1:%PORT% {
-			route {
-				esmtp {
-					hostname mx.example.test
+	addr, _ := startCaddyfile(t, esmtpCaddyfile(`
 					exec `+sh+` `+out+` {esmtp.queue_id} -f {esmtp.from} -- {esmtp.rcpt} {
 						timeout 30s
 					}
-				}
-			}
-		}
-	}
-}
-`)
+`))
 	reply := sendMessage(t, addr, "one@example.test", "two@example.test")
 	if !strings.HasPrefix(reply, "250 2.0.0 ") {
 		t.Fatalf("end of data: %q", reply)

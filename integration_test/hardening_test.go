@@ -12,24 +12,12 @@ import (
 // every 200ms used to end in 250; min_data_rate now bounds the whole data
 // phase: 421 4.4.2, the connection closes, nothing is delivered.
 func TestDripFeederIsCut(t *testing.T) {
-	addr, maildir := startCaddyfile(t, `{
-	admin off
-	persist_config off
-	layer4 {
-		127.0.0.1:%PORT% {
-			route {
-				esmtp {
-					hostname mx.example.test
+	addr, maildir := startCaddyfile(t, esmtpCaddyfile(`
 					command_timeout 300ms
 					data_timeout 1s
 					min_data_rate 1000
 					maildir %MAIL%
-				}
-			}
-		}
-	}
-}
-`)
+`))
 	c := dial(t, addr)
 	c.expect("220 ")
 	c.send("EHLO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
@@ -58,21 +46,9 @@ func TestDripFeederIsCut(t *testing.T) {
 // TestMalformedBdatLineCloses: a BDAT line ending in a bare LF used to be
 // answered 501 with the session going on, so its chunk ran as commands.
 func TestMalformedBdatLineCloses(t *testing.T) {
-	addr, _ := startCaddyfile(t, `{
-	admin off
-	persist_config off
-	layer4 {
-		127.0.0.1:%PORT% {
-			route {
-				esmtp {
-					hostname mx.example.test
+	addr, _ := startCaddyfile(t, esmtpCaddyfile(`
 					maildir %MAIL%
-				}
-			}
-		}
-	}
-}
-`)
+`))
 	c := dial(t, addr)
 	c.expect("220 ")
 	c.send("EHLO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.test>\r\n")

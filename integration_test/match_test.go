@@ -14,14 +14,7 @@ import (
 func TestNamedMatchersSplitRecipients(t *testing.T) {
 	base := t.TempDir()
 	one, two := filepath.Join(base, "one"), filepath.Join(base, "two")
-	addr, _ := startCaddyfile(t, `{
-	admin off
-	persist_config off
-	layer4 {
-		127.0.0.1:%PORT% {
-			route {
-				esmtp {
-					hostname mx.example.test
+	addr, _ := startCaddyfile(t, esmtpCaddyfile(`
 					recipients one.test two.test
 					@one rcpt one.test
 					@two {
@@ -30,12 +23,7 @@ func TestNamedMatchersSplitRecipients(t *testing.T) {
 					}
 					maildir @one `+one+`/{esmtp.rcpt.local}
 					maildir @two `+two+`/{esmtp.rcpt.local}
-				}
-			}
-		}
-	}
-}
-`)
+`))
 	c := dial(t, addr)
 	c.expect("220 ")
 	c.send("EHLO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<x@one.test>\r\nRCPT TO:<y@two.test>\r\nRCPT TO:<z@elsewhere.test>\r\nDATA\r\n")
@@ -75,14 +63,7 @@ func TestNamedMatchersSplitRecipients(t *testing.T) {
 func TestMaildirRcptCheckBehindMatch(t *testing.T) {
 	base := t.TempDir()
 	one, two := filepath.Join(base, "one"), filepath.Join(base, "two")
-	addr, _ := startCaddyfile(t, `{
-	admin off
-	persist_config off
-	layer4 {
-		127.0.0.1:%PORT% {
-			route {
-				esmtp {
-					hostname mx.example.test
+	addr, _ := startCaddyfile(t, esmtpCaddyfile(`
 					recipients one.test *.one.test *.two.test
 					@one rcpt one.test *.one.test
 					@two rcpt *.two.test
@@ -90,12 +71,7 @@ func TestMaildirRcptCheckBehindMatch(t *testing.T) {
 						path `+one+`/{esmtp.rcpt}.maildir
 					}
 					maildir @two `+two+`
-				}
-			}
-		}
-	}
-}
-`)
+`))
 	// 64 + 1 + 184 bytes: with ".maildir", a 257-byte file name.
 	long := strings.Repeat("l", 64) + "@" + strings.Repeat("d", 63) + "." + strings.Repeat("d", 63) + "." + strings.Repeat("d", 47)
 	c := dial(t, addr)

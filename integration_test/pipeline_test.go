@@ -104,26 +104,14 @@ func pipelineSetup(t *testing.T, judge string, webhookStatus int) (string, strin
 	if err := os.WriteFile(sh, []byte("#!/bin/sh\nout=$1; id=$2; shift 2\ncat > \"$out/$id\"\nprintf '%s\\n' \"$@\" > \"$out/$id.args\"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	addr, maildir := startCaddyfile(t, `{
-	admin off
-	persist_config off
-	layer4 {
-		127.0.0.1:%PORT% {
-			route {
-				esmtp {
-					hostname mx.example.test
+	addr, maildir := startCaddyfile(t, esmtpCaddyfile(`
 					`+judge+`
 					maildir %MAIL%
 					webhook `+rc.URL+`/mail {
 						retries 0
 					}
 					exec `+sh+` `+out+` {esmtp.queue_id} {esmtp.from} {esmtp.rcpt}
-				}
-			}
-		}
-	}
-}
-`)
+`))
 	return addr, maildir, rc, out
 }
 
@@ -211,25 +199,13 @@ func TestFailingDeliveryLeavesNoMaildirCopy(t *testing.T) {
 	}
 	t.Run("permanent", func(t *testing.T) {
 		rc := newWebhookReceiver(t, func(_ int, w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusUnprocessableEntity) })
-		addr, maildir := startCaddyfile(t, `{
-	admin off
-	persist_config off
-	layer4 {
-		127.0.0.1:%PORT% {
-			route {
-				esmtp {
-					hostname mx.example.test
+		addr, maildir := startCaddyfile(t, esmtpCaddyfile(`
 					maildir %MAIL%
 					webhook `+rc.URL+`/mail {
 						retries 0
 						permanent_statuses 422
 					}
-				}
-			}
-		}
-	}
-}
-`)
+`))
 		reply := sendMessage(t, addr, "one@example.test")
 		if !strings.HasPrefix(reply, "554 ") {
 			t.Fatalf("end of data: %q, want the webhook's permanent 554", reply)
@@ -253,24 +229,12 @@ func TestFailingDeliveryLeavesNoMaildirCopy(t *testing.T) {
 // (given the matchers) is refused at RCPT, never accepted into nowhere;
 // discard takes what it is given explicitly.
 func TestRecipientWithoutDeliveryRefused(t *testing.T) {
-	addr, _ := startCaddyfile(t, `{
-	admin off
-	persist_config off
-	layer4 {
-		127.0.0.1:%PORT% {
-			route {
-				esmtp {
-					hostname mx.example.test
+	addr, _ := startCaddyfile(t, esmtpCaddyfile(`
 					@local rcpt example.test
 					@trap rcpt trap.test
 					maildir @local %MAIL%
 					discard @trap
-				}
-			}
-		}
-	}
-}
-`)
+`))
 	c := dial(t, addr)
 	c.expect("220 ")
 	c.send("EHLO client.test\r\nMAIL FROM:<a@client.test>\r\n")

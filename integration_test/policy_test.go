@@ -189,14 +189,7 @@ func TestSendersPolicy(t *testing.T) {
 // between is untouched. A reply code that does not fit its event fails
 // `caddy adapt` naming the field.
 func TestReplyPolicy(t *testing.T) {
-	addr, maildir := startCaddyfile(t, `{
-	admin off
-	persist_config off
-	layer4 {
-		127.0.0.1:%PORT% {
-			route {
-				esmtp {
-					hostname mx.example.test
+	addr, maildir := startCaddyfile(t, esmtpCaddyfile(`
 					reply connect 220 "ESMTP policy test"
 					reply help 214 2.0.0 "See https://example.com/mail"
 					reply vrfy 502 5.5.1 "VRFY disabled"
@@ -204,12 +197,7 @@ func TestReplyPolicy(t *testing.T) {
 						close
 					}
 					maildir %MAIL%
-				}
-			}
-		}
-	}
-}
-`)
+`))
 	c := dial(t, addr)
 	if g := c.reply(); len(g) != 1 || g[0] != "220 mx.example.test ESMTP policy test" {
 		t.Fatalf("greeting %q", g)

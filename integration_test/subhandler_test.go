@@ -12,14 +12,7 @@ import (
 // TestExampleSubhandler runs the third-party sub-handler of
 // examples/subhandler in front of maildir in real Caddy.
 func TestExampleSubhandler(t *testing.T) {
-	addr, maildir := startCaddyfile(t, `{
-	admin off
-	persist_config off
-	layer4 {
-		127.0.0.1:%PORT% {
-			route {
-				esmtp {
-					hostname mx.example.test
+	addr, maildir := startCaddyfile(t, esmtpCaddyfile(`
 					example_policy {
 						reject nobody@example.test
 						header X-Policy "checked by example_policy"
@@ -28,12 +21,7 @@ func TestExampleSubhandler(t *testing.T) {
 						refuse_word VIAGRA
 					}
 					maildir %MAIL%
-				}
-			}
-		}
-	}
-}
-`)
+`))
 	c := dial(t, addr)
 	c.expect("220 ")
 	c.send("EHLO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<Nobody@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")

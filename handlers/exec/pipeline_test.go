@@ -12,17 +12,6 @@ import (
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
-// judge is a judge that edits every message: a field on top, and the
-// first Subject: changed.
-type judge struct{}
-
-// EndOfMessage edits the message and has no opinion.
-func (judge) EndOfMessage(_ context.Context, s *session.Session) (*session.Reply, error) {
-	s.Transaction().PrependHeader("X-Judged", "yes")
-	s.Transaction().ChangeHeader("Subject", 1, "changed")
-	return nil, nil
-}
-
 // envelopeJudge changes the sender, removes b@example.test and adds
 // added@example.test.
 type envelopeJudge struct{}
@@ -56,7 +45,7 @@ func TestJudgeEditsReachStdin(t *testing.T) {
 	for _, toFile := range []bool{false, true} {
 		out := filepath.Join(t.TempDir(), "out")
 		e := provision(t, &Exec{Command: script(t, `cat > "$1"`), Args: []string{out}})
-		ts, spoolDir := serve(t, session.Config{}, toFile, judge{}, e)
+		ts, spoolDir := serve(t, session.Config{}, toFile, smtptest.EditJudge, e)
 		c := ts.DialTCPHello()
 		msg := "From: a@example.test\r\nSubject: original\r\nSubject: second\r\n\r\n.body\r\n\r\n"
 		if r := smtptest.Mail(c, msg, "rcpt@example.test"); !strings.HasPrefix(r, "250 2.0.0 ") {

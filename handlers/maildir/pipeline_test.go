@@ -16,17 +16,6 @@ import (
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
-// judge is a judge that edits every message: a field on top, and the
-// first Subject: changed.
-type judge struct{}
-
-// EndOfMessage edits the message and has no opinion.
-func (judge) EndOfMessage(_ context.Context, s *session.Session) (*session.Reply, error) {
-	s.Transaction().PrependHeader("X-Judged", "yes")
-	s.Transaction().ChangeHeader("Subject", 1, "changed")
-	return nil, nil
-}
-
 // failingDelivery is a delivery that calls seen, then fails with its
 // reply.
 type failingDelivery struct {
@@ -68,7 +57,7 @@ func TestJudgeEditsReachMaildir(t *testing.T) {
 			if perRcpt {
 				path, dirs = filepath.Join(base, "{esmtp.rcpt.local}"), []string{filepath.Join(base, "a"), filepath.Join(base, "b")}
 			}
-			ts := smtptest.ServeConfig(t, session.Config{}, judge{}, provision(t, path))
+			ts := smtptest.ServeConfig(t, session.Config{}, smtptest.EditJudge, provision(t, path))
 			c := ts.DialTCPHello()
 			msg := "From: a@example.test\r\nSubject: original\r\nSubject: second\r\n\r\n.body\r\n\r\n"
 			if r := smtptest.Mail(c, msg, "a@example.test", "b@example.test"); !strings.HasPrefix(r, "250 2.0.0 ") {

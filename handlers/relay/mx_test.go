@@ -9,6 +9,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -121,7 +122,7 @@ func TestMXJudgeAddsOtherDomain(t *testing.T) {
 		"b.test. 60 IN A 127.0.0.1",
 	)
 	r := provisioned(t, &Relay{To: "mx", Resolver: resolver, MXPort: mustPort(t, up.addr), Domains: []string{"a.test", "b.test"}})
-	archive := judge(func(s *session.Session) {
+	archive := smtptest.Judge(func(s *session.Session) {
 		s.Transaction().AddRecipient(session.Path{Mailbox: "archive@b.test", Local: "archive", Domain: "b.test"}, nil)
 	})
 	base, logs := observed()

@@ -14,15 +14,6 @@ import (
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
-// judge is a sub-handler that runs f at end of message, as the engine's
-// judges do, before any delivery.
-type judge func(s *session.Session)
-
-func (j judge) EndOfMessage(_ context.Context, s *session.Session) (*session.Reply, error) {
-	j(s)
-	return nil, nil
-}
-
 // otherDelivery is a second delivery that keeps what it gets, or fails
 // with fail.
 type otherDelivery struct {
@@ -76,7 +67,7 @@ func TestJudgeEditsReachUpstream(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			up := startUpstream(t, upstreamOpts{})
 			r := provisioned(t, &Relay{To: "smtp://" + up.addr, RequireTLS: &off})
-			j := judge(func(s *session.Session) { tc.edit(s.Transaction()) })
+			j := smtptest.Judge(func(s *session.Session) { tc.edit(s.Transaction()) })
 			c, _ := dial(t, serve(t, session.Config{}, authAs("alice"), j, r))
 			if got := send(t, c, "a@client.example", "b@example.test"); !strings.HasPrefix(got, "250 2.0.0") {
 				t.Fatalf("end of data: %q", got)
@@ -107,7 +98,7 @@ func TestJudgeChangesEnvelope(t *testing.T) {
 		"refused@example.test": {Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such user"},
 	}})
 	r := provisioned(t, &Relay{To: "smtp://" + up.addr, RequireTLS: &off, Domains: []string{"example.test"}, MaxIdle: -1})
-	j := judge(func(s *session.Session) {
+	j := smtptest.Judge(func(s *session.Session) {
 		txn := s.Transaction()
 		switch txn.From.Mailbox {
 		case "swap@client.example":
@@ -213,7 +204,7 @@ func TestRelayBeforeAnotherDelivery(t *testing.T) {
 func TestHeldConnectionLost(t *testing.T) {
 	up := startUpstream(t, upstreamOpts{})
 	r := provisioned(t, &Relay{To: "smtp://" + up.addr, RequireTLS: &off})
-	cut := judge(func(s *session.Session) {
+	cut := smtptest.Judge(func(s *session.Session) {
 		if st, _ := s.Value(key{r}).(*txnState); st != nil && st.up != nil {
 			st.up.uc.Conn.Close()
 		}
@@ -248,7 +239,7 @@ func TestUnusedTransactionLetGo(t *testing.T) {
 	up := startUpstream(t, upstreamOpts{})
 	r := provisioned(t, &Relay{To: "smtp://" + up.addr, RequireTLS: &off, MaxIdle: -1})
 	local := &otherDelivery{}
-	j := judge(func(s *session.Session) {
+	j := smtptest.Judge(func(s *session.Session) {
 		if s.Transaction().From.Mailbox == "drop@client.example" {
 			s.Transaction().RemoveRecipient("b@remote.test")
 		}

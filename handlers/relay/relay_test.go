@@ -389,7 +389,7 @@ func TestSMTPUTF8NeedsUpstreamSupport(t *testing.T) {
 	// The check is on the final message: a judge's non-ASCII field fails
 	// it too, and a non-ASCII body is no header.
 	r = provisioned(t, &Relay{To: "smtp://" + plain.addr, RequireTLS: &off})
-	note := judge(func(s *session.Session) {
+	note := smtptest.Judge(func(s *session.Session) {
 		if s.Transaction().Recipients[0].Path.Local == "note" {
 			s.Transaction().AppendHeader("X-Note", "grün")
 		}

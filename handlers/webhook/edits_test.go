@@ -18,18 +18,6 @@ import (
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
-// judge is a judge that edits the header at end of message: a field
-// added at the top, the subject changed.
-type judge struct{}
-
-// EndOfMessage edits the header.
-func (judge) EndOfMessage(_ context.Context, s *session.Session) (*session.Reply, error) {
-	txn := s.Transaction()
-	txn.PrependHeader("X-Judged", "yes")
-	txn.ChangeHeader("Subject", 1, "changed")
-	return nil, nil
-}
-
 // judgedMessage has a folded subject (the whole field is replaced), 8-bit
 // text and dots.
 const judgedMessage = "From: a@example.test\r\nSubject: a\r\n folded\r\n\tsubject\r\nX-8bit: \xc3\xa9t\xc3\xa9\r\n\r\n.\r\nbody \xc3\xa9\r\n..end\r\n"
@@ -42,7 +30,7 @@ func TestJudgeEdits(t *testing.T) {
 		t.Run(spool+"/raw", func(t *testing.T) {
 			rc := newReceiver(t, nil)
 			w := provision(t, &Webhook{URL: rc.URL, Secret: "k"})
-			ts := smtptest.ServeConfig(t, cfg, judge{}, w)
+			ts := smtptest.ServeConfig(t, cfg, smtptest.EditJudge, w)
 			c := ts.DialTCPHello()
 			if r := smtptest.Mail(c, judgedMessage, "rcpt@example.test"); !strings.HasPrefix(r, "250 2.0.0 ") {
 				t.Fatalf("end of data: %q", r)
@@ -64,7 +52,7 @@ func TestJudgeEdits(t *testing.T) {
 		t.Run(spool+"/json", func(t *testing.T) {
 			rc := newReceiver(t, nil)
 			w := provision(t, &Webhook{URL: rc.URL, Format: "json", Secret: "k"})
-			ts := smtptest.ServeConfig(t, cfg, judge{}, w)
+			ts := smtptest.ServeConfig(t, cfg, smtptest.EditJudge, w)
 			c := ts.DialTCPHello()
 			if r := smtptest.Mail(c, judgedMessage, "rcpt@example.test"); !strings.HasPrefix(r, "250 2.0.0 ") {
 				t.Fatalf("end of data: %q", r)

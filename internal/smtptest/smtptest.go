@@ -383,3 +383,21 @@ func hasDelivery(cfg session.Config) bool {
 	}
 	return false
 }
+
+// Judge is a judge (a MessageHook) that runs its function at end of
+// message, before any delivery, and has no opinion: the tests' stand-in
+// for a filter that edits.
+type Judge func(s *session.Session)
+
+// EndOfMessage runs j.
+func (j Judge) EndOfMessage(_ context.Context, s *session.Session) (*session.Reply, error) {
+	j(s)
+	return nil, nil
+}
+
+// EditJudge puts "X-Judged: yes" on top of every message and changes its
+// first Subject: to "changed": the edits delivery tests check for.
+var EditJudge = Judge(func(s *session.Session) {
+	s.Transaction().PrependHeader("X-Judged", "yes")
+	s.Transaction().ChangeHeader("Subject", 1, "changed")
+})
