@@ -157,9 +157,29 @@ func (m *Message) Size() int64 { return m.size }
 // Reader returns a reader of the whole message from its start.
 func (m *Message) Reader() io.Reader { return &messageReader{m: m} }
 
-// WriteTo writes the whole message to w.
+// WriteTo writes the whole message to w without copying it through a
+// buffer of its own: the spool's memory chunks are written as they are,
+// and a spool file is copied by the kernel where it can (copy_file_range
+// or sendfile when w is a file or a socket).
 func (m *Message) WriteTo(w io.Writer) (int64, error) {
-	return io.CopyBuffer(w, struct{ io.Reader }{m.Reader()}, make([]byte, 32<<10))
+	var total int64
+	for _, s := range m.segs {
+		var n int64
+		var err error
+		switch {
+		case s.sp == nil:
+			var k int
+			k, err = w.Write(s.lit[:s.n])
+			n = int64(k)
+		default:
+			n, err = s.sp.writeTo(w, s.off, s.n)
+		}
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
 }
 
 // Bytes returns the whole message in memory: for tests and small

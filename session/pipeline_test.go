@@ -32,9 +32,14 @@ func (c *capture) Deliver(_ context.Context, s *Session, d *Delivery) error {
 	if err != nil {
 		return err
 	}
-	// A delivery may read the message more than once.
+	// A delivery may read the message more than once, and WriteTo gives
+	// what Reader gives.
 	if again, _ := d.Message.Bytes(); string(again) != string(b) || int64(len(b)) != d.Message.Size() {
 		return fmt.Errorf("second read differs or size %d != %d", d.Message.Size(), len(b))
+	}
+	var w strings.Builder
+	if n, err := d.Message.WriteTo(&w); err != nil || n != int64(len(b)) || w.String() != string(b) {
+		return fmt.Errorf("WriteTo gave %d bytes (%v), differing from Reader's %d", n, err, len(b))
 	}
 	c.got = append(c.got, *d)
 	c.msgs = append(c.msgs, string(b))

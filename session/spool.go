@@ -156,6 +156,32 @@ func (sp *spool) readAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// writeTo writes n bytes of the spool from off to w.
+func (sp *spool) writeTo(w io.Writer, off, n int64) (int64, error) {
+	sp.mu.RLock()
+	defer sp.mu.RUnlock()
+	if sp.released {
+		return 0, errSpoolReleased
+	}
+	if off+n > sp.size {
+		return 0, io.ErrUnexpectedEOF
+	}
+	if sp.file != nil {
+		return io.Copy(w, io.NewSectionReader(sp.file, off, n))
+	}
+	var total int64
+	for total < n {
+		pos := off + total
+		c := sp.chunks[pos/spoolChunkSize][pos%spoolChunkSize:]
+		k, err := w.Write(c[:min(int64(len(c)), n-total)])
+		total += int64(k)
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
 // freeMemory gives the chunks back to the pool and the budget.
 func (sp *spool) freeMemory() {
 	for _, c := range sp.chunks {
