@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -73,6 +74,10 @@ func TestProvisionCleansLeftovers(t *testing.T) {
 // on) leaves that delivery's tmp/ file alone, and the message is
 // delivered.
 func TestCleanupSparesDeliveryInFlight(t *testing.T) {
+	// Named tmp/ files, as where the file system has no unnamed ones:
+	// those are what a cleanup could take.
+	unnamedOff.Store(true)
+	t.Cleanup(func() { unnamedOff.Store(false) })
 	dir := filepath.Join(t.TempDir(), "mail")
 	slow := &blockingDelivery{entered: make(chan struct{}), release: make(chan struct{})}
 	ts := smtptest.ServeConfig(t, session.Config{}, provision(t, dir), slow)
@@ -133,5 +138,34 @@ func TestFileNamePattern(t *testing.T) {
 	match := m.leftover.FindStringSubmatch(name)
 	if match == nil || match[2] != fmt.Sprint(os.Getpid()) {
 		t.Fatalf("file name %q does not match the leftover pattern %s with our pid", name, m.leftover)
+	}
+}
+
+// TestUnnamedTmpFile: on Linux a prepared delivery is an unnamed file in
+// tmp/ (O_TMPFILE): nothing there has a name, so a crash leaves nothing
+// behind and no cleanup is needed; the commit gives it its name in new/.
+func TestUnnamedTmpFile(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("O_TMPFILE is Linux's")
+	}
+	dir := filepath.Join(t.TempDir(), "mail")
+	slow := &blockingDelivery{entered: make(chan struct{}), release: make(chan struct{})}
+	ts := smtptest.ServeConfig(t, session.Config{}, provision(t, dir), slow)
+	c := ts.DialTCPHello()
+	c.Cmd("MAIL FROM:<s@example.test>", "250")
+	c.Cmd("RCPT TO:<a@example.test>", "250")
+	c.Cmd("DATA", "354")
+	msg := "Subject: unnamed\r\n\r\nbody\r\n"
+	c.Send(smtptest.Stuff(msg) + ".\r\n")
+	<-slow.entered
+	if named, all := len(files(t, filepath.Join(dir, "tmp"))), inTmp(t, dir); named != 0 || all != 1 {
+		t.Fatalf("tmp/ holds %d named and %d files in all while the delivery is in flight, want 0 and 1 (this file system has no O_TMPFILE?)", named, all)
+	}
+	close(slow.release)
+	c.Expect("250 2.0.0 ")
+	c.Cmd("QUIT", "221")
+	ts.Close()
+	if _, file := only(t, dir); string(smtptest.SplitReceived(t, file)) != msg {
+		t.Errorf("delivered message differs: %q", file)
 	}
 }

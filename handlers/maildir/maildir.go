@@ -263,6 +263,7 @@ func (m *Maildir) Prepare(ctx context.Context, s *session.Session, d *session.De
 		m:    m,
 		txn:  txn,
 		dirs: dirs,
+		msg:  d.Message,
 		name: fmt.Sprintf("%d.%sP%dQ%d.%s", time.Now().Unix(), txn.ID, os.Getpid(), seq.Add(1), m.hostname),
 	}
 	if err := p.write(ctx, d.Message); err != nil {
@@ -285,9 +286,20 @@ type prepared struct {
 	name string   // the file name, the same in every tmp/ and new/
 	// homes are the distinct directories among dirs (an alias, such as
 	// a symlink or another case on a case-insensitive file system, is
-	// left out), and tmps the file written into each one's tmp/.
+	// left out), and files what was written for each one (see unnamed).
 	homes []string
-	tmps  []string
+	files []tmpFile
+	msg   *session.Message // to write a named tmp/ file after all (see Commit)
+}
+
+// tmpFile is the message written for one Maildir: an unnamed file in its
+// tmp/ (Linux's O_TMPFILE: it has no name until Commit links it into new/,
+// so no crash can leave it behind, and a delivery costs one directory
+// entry instead of three), kept open until Commit; or, where the file
+// system cannot, a file named in tmp/ as the Maildir format has it.
+type tmpFile struct {
+	f    *os.File // the unnamed file, or nil
+	path string   // the named file in tmp/, or ""
 }
 
 // write makes each Maildir and writes the message into its tmp/.
@@ -316,24 +328,44 @@ next:
 			}
 		}
 		seen = append(seen, fi)
-		tmp := filepath.Join(dir, "tmp", p.name)
-		f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
+		p.homes = append(p.homes, dir)
+		if f, err := openUnnamed(filepath.Join(dir, "tmp")); err != nil {
 			return err
+		} else if f != nil {
+			p.files = append(p.files, tmpFile{f: f})
+			if _, err := msg.WriteTo(f); err != nil {
+				return err
+			}
+			if err := f.Sync(); err != nil {
+				return err
+			}
+			continue
 		}
-		p.homes, p.tmps = append(p.homes, dir), append(p.tmps, tmp)
-		_, err = msg.WriteTo(f)
-		if err == nil {
-			err = f.Sync()
-		}
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
+		path, err := writeNamed(dir, p.name, msg)
+		p.files = append(p.files, tmpFile{path: path})
 		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// writeNamed writes msg into dir/tmp/name and fsyncs it; path is the file
+// made, even on failure ("" when none was).
+func writeNamed(dir, name string, msg *session.Message) (path string, err error) {
+	tmp := filepath.Join(dir, "tmp", name)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", err
+	}
+	_, err = msg.WriteTo(f)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return tmp, err
 }
 
 // Commit links each file from tmp/ into new/ and fsyncs new/; on any
@@ -351,13 +383,36 @@ func (p *prepared) Commit() (err error) {
 			err = replyFailed
 		}
 	}()
-	for i, tmp := range p.tmps {
+	for i := range p.files {
+		t := &p.files[i]
 		dst := filepath.Join(p.homes[i], "new", p.name)
-		if err := publish(tmp, dst); err != nil {
+		if t.f != nil {
+			err := linkUnnamed(t.f, dst)
+			if err == nil {
+				linked = append(linked, dst)
+				if err := syncNew(filepath.Join(p.homes[i], "new")); err != nil {
+					return err
+				}
+				continue
+			}
+			if errors.Is(err, fs.ErrExist) {
+				return err
+			}
+			// The file system made the unnamed file but this process
+			// cannot link it (no /proc, say): from now on, named files.
+			p.m.logger.Warn("unnamed tmp/ files cannot be linked here; using named ones", zap.Error(err))
+			unnamedOff.Store(true)
+			t.f.Close()
+			t.f = nil
+			if t.path, err = writeNamed(p.homes[i], p.name, p.msg); err != nil {
+				return err
+			}
+		}
+		if err := publish(t.path, dst); err != nil {
 			return err
 		}
 		linked = append(linked, dst)
-		if err := syncDir(filepath.Join(p.homes[i], "new")); err != nil {
+		if err := syncNew(filepath.Join(p.homes[i], "new")); err != nil {
 			return err
 		}
 	}
@@ -370,14 +425,21 @@ func (p *prepared) Commit() (err error) {
 	return nil
 }
 
-// Rollback removes the files in tmp/.
+// Rollback removes the files in tmp/ (an unnamed one goes when it is
+// closed).
 func (p *prepared) Rollback() {
-	for _, tmp := range p.tmps {
-		if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			p.m.logger.Warn("removing a file from tmp/", zap.String("file", tmp), zap.Error(err))
+	for _, t := range p.files {
+		if t.f != nil {
+			t.f.Close()
+		}
+		if t.path == "" {
+			continue
+		}
+		if err := os.Remove(t.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			p.m.logger.Warn("removing a file from tmp/", zap.String("file", t.path), zap.Error(err))
 		}
 	}
-	p.tmps, p.homes = nil, nil
+	p.files, p.homes = nil, nil
 }
 
 // publish makes the file tmp visible as dst, never replacing a file that

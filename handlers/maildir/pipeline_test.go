@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -99,7 +100,7 @@ func TestLaterDeliveryFails(t *testing.T) {
 				fail := failingDelivery{r: r, seen: func() {
 					prepared = 0
 					for _, dir := range dirs {
-						prepared += len(files(t, filepath.Join(dir, "tmp")))
+						prepared += inTmp(t, dir)
 					}
 				}}
 				ts := smtptest.ServeConfig(t, session.Config{}, provision(t, path), fail)
@@ -109,7 +110,7 @@ func TestLaterDeliveryFails(t *testing.T) {
 					t.Errorf("end of data: %q, want %q", got, want)
 				}
 				if prepared != len(dirs) {
-					t.Errorf("%d files in tmp/ while the other delivery ran, want %d (prepared first)", prepared, len(dirs))
+					t.Errorf("%d files in tmp/ (named or unnamed) while the other delivery ran, want %d (prepared first)", prepared, len(dirs))
 				}
 				for _, dir := range dirs {
 					assertEmpty(t, dir)
@@ -188,4 +189,20 @@ func TestLogFields(t *testing.T) {
 	if _, ok := f["maildir_file"]; ok {
 		t.Errorf("maildir_file logged for a failed message: %v", f)
 	}
+}
+
+// inTmp counts the files of dir/tmp: those with a name, and the unnamed
+// ones (O_TMPFILE) this process has open there, which /proc shows as
+// "dir/tmp/#<inode> (deleted)".
+func inTmp(t *testing.T, dir string) int {
+	t.Helper()
+	n := len(files(t, filepath.Join(dir, "tmp")))
+	fds, _ := os.ReadDir("/proc/self/fd")
+	for _, fd := range fds {
+		target, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name()))
+		if err == nil && strings.HasPrefix(target, filepath.Join(dir, "tmp")+"/#") && strings.HasSuffix(target, " (deleted)") {
+			n++
+		}
+	}
+	return n
 }
