@@ -459,7 +459,7 @@ func (h *harness) memory(defs []*serverDef, idleConns int, bigSize int64) ([]idl
 		}
 	}
 	var big []bigResult
-	for _, name := range []string{"caddy-discard", "go-smtp", "smtp-sink"} {
+	for _, name := range []string{"caddy-discard", "caddy-maildir-disk", "go-smtp", "smtp-sink"} {
 		if d := byName[name]; d != nil {
 			big = append(big, h.measureBig(d, 1<<10), h.measureBig(d, bigSize))
 		}
