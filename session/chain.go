@@ -40,8 +40,6 @@ type chain struct {
 	deliveries []hooked[any]
 	// spools: some sub-handler reads the whole message (MessageReader).
 	spools bool
-	// matched: some sub-handler has a matcher.
-	matched bool
 }
 
 func collect[H any](handlers []SubHandler) []hooked[H] {
@@ -80,9 +78,6 @@ func compile(handlers []SubHandler) *chain {
 		mr, isReader := sh.Handler.(MessageReader)
 		if (prep || del) && (!isReader || mr.ReadsMessage()) || !(prep || del) && isReader && mr.ReadsMessage() {
 			c.spools = true
-		}
-		if sh.Match != nil {
-			c.matched = true
 		}
 	}
 	return c

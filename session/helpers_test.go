@@ -432,7 +432,6 @@ type (
 	headerFunc  func(ctx context.Context, s *Session, h HeaderField) error
 	bodyFunc    func(ctx context.Context, s *Session, chunk []byte) error
 	eomFunc     func(ctx context.Context, s *Session) (*Reply, error)
-	verbFunc    func(ctx context.Context, s *Session, cmd, arg string) (*Reply, error)
 )
 
 func (f connectFunc) Connect(ctx context.Context, s *Session) (*Reply, error) { return f(ctx, s) }
@@ -452,9 +451,6 @@ func (f headerFunc) Header(ctx context.Context, s *Session, h HeaderField) error
 func (f bodyFunc) Body(ctx context.Context, s *Session, c []byte) error { return f(ctx, s, c) }
 func (f eomFunc) EndOfMessage(ctx context.Context, s *Session) (*Reply, error) {
 	return f(ctx, s)
-}
-func (f verbFunc) Verb(ctx context.Context, s *Session, cmd, arg string) (*Reply, error) {
-	return f(ctx, s, cmd, arg)
 }
 
 // memConn is a net.Conn reading from r and writing to w, for fuzzing and

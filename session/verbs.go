@@ -12,7 +12,7 @@ import (
 // command parses and runs one command line (CRLF removed). It returns the
 // reply to send, or nil when the command sent its replies itself.
 func (s *Session) command(line []byte) *Reply {
-	if bytes.IndexAny(line, "\r\n\x00") >= 0 {
+	if bytes.ContainsAny(line, "\r\n\x00") {
 		if isBdat(line) {
 			return replyBdatSyntax // its chunk follows and cannot be skipped
 		}

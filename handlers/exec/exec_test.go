@@ -44,19 +44,6 @@ func observed() (*zap.Logger, *observer.ObservedLogs) {
 	return zap.New(core), logs
 }
 
-// messageLine returns the fields of the per-message log line with queueID.
-func messageLine(t *testing.T, logs *observer.ObservedLogs, queueID string) map[string]any {
-	t.Helper()
-	for _, e := range logs.FilterMessage("message").All() {
-		f := e.ContextMap()
-		if f["queue_id"] == queueID {
-			return f
-		}
-	}
-	t.Fatalf("no message log line for %s", queueID)
-	return nil
-}
-
 func queueID(t *testing.T, reply string) string {
 	t.Helper()
 	f := strings.Fields(reply)

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -431,18 +430,6 @@ func TestWriteFailurePerRecipient(t *testing.T) {
 			assertEmpty(t, filepath.Join(base, "good"))
 			assertEmpty(t, filepath.Join(base, "bad"))
 		})
-	}
-}
-
-// waitFile waits until dir holds a file.
-func waitFile(t *testing.T, dir string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for len(files(t, dir)) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no file appeared in %s", dir)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -77,11 +77,6 @@ func (rc *receiver) only(t *testing.T) request {
 	return reqs[0]
 }
 
-// status answers code.
-func status(code int) func(int, http.ResponseWriter, *http.Request) {
-	return func(_ int, w http.ResponseWriter, _ *http.Request) { w.WriteHeader(code) }
-}
-
 // hang answers nothing until the client gives up.
 func hang(_ int, _ http.ResponseWriter, r *http.Request) { <-r.Context().Done() }
 
