@@ -18,6 +18,7 @@ type hooked[H any] struct {
 	name  string
 	h     H
 	match Matcher
+	slot  int // the sub-handler's place in the list: where its view is kept
 }
 
 // chain is the sub-handler list compiled by hook, once per Server.
@@ -44,9 +45,9 @@ type chain struct {
 
 func collect[H any](handlers []SubHandler) []hooked[H] {
 	var out []hooked[H]
-	for _, sh := range handlers {
+	for i, sh := range handlers {
 		if h, ok := sh.Handler.(H); ok {
-			out = append(out, hooked[H]{name: sh.Name, h: h, match: sh.Match})
+			out = append(out, hooked[H]{name: sh.Name, h: h, match: sh.Match, slot: i})
 		}
 	}
 	return out
@@ -69,11 +70,11 @@ func compile(handlers []SubHandler) *chain {
 		ext:          collect[ExtensionHook](handlers),
 		auth:         collect[AuthHook](handlers),
 	}
-	for _, sh := range handlers {
+	for i, sh := range handlers {
 		_, prep := sh.Handler.(PrepareHook)
 		_, del := sh.Handler.(DeliverHook)
 		if prep || del {
-			c.deliveries = append(c.deliveries, hooked[any]{name: sh.Name, h: sh.Handler, match: sh.Match})
+			c.deliveries = append(c.deliveries, hooked[any]{name: sh.Name, h: sh.Handler, match: sh.Match, slot: i})
 		}
 		mr, isReader := sh.Handler.(MessageReader)
 		if (prep || del) && (!isReader || mr.ReadsMessage()) || !(prep || del) && isReader && mr.ReadsMessage() {
@@ -116,18 +117,20 @@ func (s *Session) matches(m Matcher, sc scope, p Path) bool {
 	return true
 }
 
-// recipientsFor returns the transaction's recipients that m takes: all of
-// them when m is nil, none when the session or the sender does not match.
-// The result is kept until the recipients change.
-func (s *Session) recipientsFor(m Matcher) []Recipient {
+// recipientsFor returns the transaction's recipients that the matcher m of
+// the sub-handler in the list's place slot takes: all of them when m is
+// nil, none when the session or the sender does not match. The result is
+// kept, by place, until the recipients change (a streamed message asks
+// for every chunk).
+func (s *Session) recipientsFor(m Matcher, slot int) []Recipient {
 	txn := s.txn
 	if m == nil {
 		return txn.Recipients
 	}
-	if rs, ok := txn.views[m]; ok {
-		return rs
+	if slot < len(txn.views) && txn.views[slot] != nil {
+		return txn.views[slot]
 	}
-	var rs []Recipient
+	rs := []Recipient{} // not nil: computed
 	if m.MatchSession(s) && m.MatchSender(s, txn.From) {
 		for _, r := range txn.Recipients {
 			if m.MatchRecipient(s, r.Path) {
@@ -135,10 +138,10 @@ func (s *Session) recipientsFor(m Matcher) []Recipient {
 			}
 		}
 	}
-	if txn.views == nil {
-		txn.views = map[Matcher][]Recipient{}
+	if slot >= len(txn.views) {
+		txn.views = append(txn.views, make([][]Recipient, slot+1-len(txn.views))...)
 	}
-	txn.views[m] = rs
+	txn.views[slot] = rs
 	return rs
 }
 
@@ -166,20 +169,21 @@ func ask[H any](s *Session, event string, hooks []hooked[H], call func(context.C
 // some recipient matches, and sees only those.
 func askMessage[H any](s *Session, event string, hooks []hooked[H], call func(context.Context, H) (*Reply, error)) *Reply {
 	for _, hk := range hooks {
-		if r := s.inView(hk.match, func() *Reply { return invoke(s, event, hk, nil, call) }); r != nil {
+		if r := s.inView(hk.match, hk.slot, func() *Reply { return invoke(s, event, hk, nil, call) }); r != nil {
 			return r
 		}
 	}
 	return nil
 }
 
-// inView runs f with the transaction's recipients limited to those m
-// takes, or not at all (nil) when it takes none.
-func (s *Session) inView(m Matcher, f func() *Reply) *Reply {
+// inView runs f with the transaction's recipients limited to those the
+// matcher m (of the sub-handler at slot) takes, or not at all (nil) when it
+// takes none.
+func (s *Session) inView(m Matcher, slot int, f func() *Reply) *Reply {
 	if m == nil {
 		return f()
 	}
-	rs := s.recipientsFor(m)
+	rs := s.recipientsFor(m, slot)
 	if len(rs) == 0 {
 		return nil
 	}
@@ -194,7 +198,7 @@ func (s *Session) inView(m Matcher, f func() *Reply) *Reply {
 // every hook in order; the first failure fails the message at its end.
 func stream[H any](s *Session, a *assembler, event string, hooks []hooked[H], call func(context.Context, H) (*Reply, error)) {
 	for _, hk := range hooks {
-		if r := s.inView(hk.match, func() *Reply { return invoke(s, event, hk, s.hookContext(), call) }); r != nil {
+		if r := s.inView(hk.match, hk.slot, func() *Reply { return invoke(s, event, hk, s.hookContext(), call) }); r != nil {
 			a.fail(r)
 			return
 		}

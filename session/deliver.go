@@ -42,7 +42,7 @@ func (s *Session) delivered(to Path) bool {
 func (s *Session) judgeAndDeliver() *Reply {
 	var accepted *Reply // the first judge's 2xx, if any gave one
 	for _, hk := range s.srv.hooks.message {
-		r := s.inView(hk.match, func() *Reply {
+		r := s.inView(hk.match, hk.slot, func() *Reply {
 			return invoke(s, "end of message", hk, nil, func(ctx context.Context, h MessageHook) (*Reply, error) {
 				return h.EndOfMessage(ctx, s)
 			})
@@ -96,7 +96,7 @@ func (s *Session) runDeliveries() *Reply {
 		s.jobs = jobs[:0]
 	}()
 	for _, hk := range s.srv.hooks.deliveries {
-		rs := s.recipientsFor(hk.match)
+		rs := s.recipientsFor(hk.match, hk.slot)
 		if len(rs) == 0 {
 			continue
 		}

@@ -3,6 +3,7 @@ package session
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -374,3 +375,31 @@ func TestMessageReadAfterTheTransaction(t *testing.T) {
 type deliverFunc func(context.Context, *Session, *Delivery) error
 
 func (f deliverFunc) Deliver(ctx context.Context, s *Session, d *Delivery) error { return f(ctx, s, d) }
+
+// listMatcher is a Matcher that is not comparable (it holds a slice), as a
+// third party may write one.
+type listMatcher struct{ domains []string }
+
+func (listMatcher) MatchSession(*Session) bool      { return true }
+func (listMatcher) MatchSender(*Session, Path) bool { return true }
+func (l listMatcher) MatchRecipient(_ *Session, to Path) bool {
+	return slices.Contains(l.domains, to.Domain)
+}
+
+// TestMatcherNotComparable: the engine keeps each matcher's recipients by
+// the sub-handler's place, never with the matcher as a map key, so a
+// Matcher that is not comparable works.
+func TestMatcherNotComparable(t *testing.T) {
+	c := &capture{}
+	ts := start(t, Config{Handlers: []SubHandler{{Name: "c", Handler: c, Match: listMatcher{[]string{"a.test"}}}}})
+	ts.ehlo()
+	ts.cmd("MAIL FROM:<s@x.test>", 250, "2.1.0")
+	ts.cmd("RCPT TO:<one@a.test>", 250, "2.1.5")
+	ts.cmd("RCPT TO:<two@b.test>", 550, "5.1.1")
+	ts.cmd("DATA", 354, "")
+	ts.sendRaw(stuff("Subject: x\r\n\r\nbody\r\n"))
+	ts.expect(250, "2.0.0")
+	if d, _ := c.last(t); len(d.Recipients) != 1 {
+		t.Fatalf("delivered to %v", d.Recipients)
+	}
+}

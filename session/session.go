@@ -97,10 +97,10 @@ type Transaction struct {
 	chunking        bool // a BDAT started the data
 	refused         int  // RCPTs refused by a sub-handler
 
-	sp    *spool                  // the message, when some sub-handler reads it
-	body  *spool                  // a replaced body
-	edits []headerEdit            // header edits, applied when the message is read
-	views map[Matcher][]Recipient // each matcher's recipients (see recipientsFor)
+	sp    *spool        // the message, when some sub-handler reads it
+	body  *spool        // a replaced body
+	edits []headerEdit  // header edits, applied when the message is read
+	views [][]Recipient // each matched sub-handler's recipients, by place (see recipientsFor)
 }
 
 // Recipient is an accepted RCPT TO.
