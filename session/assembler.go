@@ -115,7 +115,7 @@ func (a *assembler) headerLine(line []byte) {
 		if len(a.field) > a.s.cfg.MaxHeaderSize {
 			a.fail(errHeaderTooBig)
 		}
-	case fieldNameLen(line) > 0:
+	case FieldNameLen(line) > 0:
 		a.flushField()
 		a.field = append(a.field, line...)
 		a.fieldStart = start
@@ -126,9 +126,11 @@ func (a *assembler) headerLine(line []byte) {
 	}
 }
 
-// fieldNameLen returns the length of the field name if line starts with
-// "name:" (RFC 5322 ftext: printable ASCII except ':'), else 0.
-func fieldNameLen(line []byte) int {
+// FieldNameLen returns the length of the field name if line starts with
+// "name:" (RFC 5322 ftext: printable ASCII except ':'), else 0: how the
+// engine tells a header field from the first line of the body, for a
+// sub-handler that splits a message the same way.
+func FieldNameLen(line []byte) int {
 	for i, c := range line {
 		if c == ':' {
 			return i
@@ -145,7 +147,7 @@ func (a *assembler) flushField() {
 		a.field = a.field[:0]
 		return
 	}
-	n := fieldNameLen(a.field)
+	n := FieldNameLen(a.field)
 	h := HeaderField{
 		Name:  string(a.field[:n]),
 		Value: unfold(a.field[n+1:]),

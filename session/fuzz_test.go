@@ -27,7 +27,7 @@ func (c *checker) Header(ctx context.Context, s *Session, h HeaderField) error {
 	if strings.ContainsAny(h.Value, "\r\n") {
 		c.t.Errorf("header value %q has CR or LF", h.Value)
 	}
-	if h.Name == "" || fieldNameLen([]byte(h.Name+":")) != len(h.Name) {
+	if h.Name == "" || FieldNameLen([]byte(h.Name+":")) != len(h.Name) {
 		c.t.Errorf("header name %q", h.Name)
 	}
 	return nil
@@ -493,8 +493,8 @@ func refSplit(in []byte) ([]refField, []byte, []byte) {
 		case (line[0] == ' ' || line[0] == '\t') && len(fields) > 0:
 			last := &fields[len(fields)-1]
 			last.raw = append(last.raw, line...)
-		case fieldNameLen(line) > 0:
-			fields = append(fields, refField{string(line[:fieldNameLen(line)]), append([]byte(nil), line...)})
+		case FieldNameLen(line) > 0:
+			fields = append(fields, refField{string(line[:FieldNameLen(line)]), append([]byte(nil), line...)})
 		default:
 			return fields, nil, rest
 		}

@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"io"
 	"unicode/utf8"
+
+	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
 // jsonEncoder is the json format of a message, encoded as it is read:
@@ -139,7 +141,7 @@ func (e *jsonEncoder) headerLine(line []byte) {
 		e.endHeader()
 	case (line[0] == ' ' || line[0] == '\t') && len(e.field) > 0:
 		e.field = append(e.field, line...)
-	case fieldNameLen(line) > 0:
+	case session.FieldNameLen(line) > 0:
 		e.flushField()
 		e.field = append(e.field, line...)
 	default: // not a header field: the body starts with this line
@@ -149,27 +151,13 @@ func (e *jsonEncoder) headerLine(line []byte) {
 	}
 }
 
-// fieldNameLen returns the length of the field name if line starts with
-// "name:" (RFC 5322 ftext: printable ASCII except ':'), else 0.
-func fieldNameLen(line []byte) int {
-	for i, c := range line {
-		if c == ':' {
-			return i
-		}
-		if c < 33 || c > 126 {
-			return 0
-		}
-	}
-	return 0
-}
-
 // flushField writes the header field read so far, if any, as a JSON
 // object.
 func (e *jsonEncoder) flushField() {
 	if len(e.field) == 0 {
 		return
 	}
-	n := fieldNameLen(e.field)
+	n := session.FieldNameLen(e.field)
 	if e.n > 0 {
 		e.out = append(e.out, ',')
 	}
