@@ -1,9 +1,11 @@
 package session
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"time"
@@ -57,6 +59,16 @@ const (
 	// refused. A bare line ending never ends the data either way.
 	BareNormalize BareLineEndings = "normalize"
 )
+
+// Resolver is what sub-handlers look names up with: the method set of
+// *net.Resolver that SPF, DKIM, DMARC, iprev, DNSBL and MX lookups need
+// (and that blitiri.com.ar/go/spf's DNSResolver asks for).
+type Resolver interface {
+	LookupTXT(ctx context.Context, name string) ([]string, error)
+	LookupMX(ctx context.Context, name string) ([]*net.MX, error)
+	LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error)
+	LookupAddr(ctx context.Context, addr string) ([]string, error)
+}
 
 // SubHandler is one named sub-handler in the ordered list of a Server.
 type SubHandler struct {
@@ -138,6 +150,11 @@ type Config struct {
 	LogTranscript bool
 	// Observer receives measurements for metrics; nil: none.
 	Observer Observer
+	// Resolver is the DNS resolver every sub-handler of this Server that
+	// looks something up uses (Session.Resolver), unless it has its own;
+	// the Caddy module makes one from its `resolvers` option, with a
+	// cache. Nil: the system's (net.DefaultResolver).
+	Resolver Resolver
 	// SpoolMemory bounds the memory that the spools of all this Server's
 	// messages hold at once, in bytes; a message that does not fit (or is
 	// over 1 MiB) is spooled to an unlinked file in SpoolDir. Default 64
@@ -179,6 +196,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxConnectionsPerIP == 0 {
 		c.MaxConnectionsPerIP = DefaultMaxConnectionsPerIP
+	}
+	if c.Resolver == nil {
+		c.Resolver = net.DefaultResolver
 	}
 	if c.SpoolMemory == 0 {
 		c.SpoolMemory = DefaultSpoolMemory

@@ -2,6 +2,7 @@ package session
 
 import (
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -18,8 +19,9 @@ import (
 type headerOp uint8
 
 const (
-	opInsert headerOp = iota // insert before index (-1: after the last field)
-	opChange                 // change the n-th field called name (delete when value is "")
+	opInsert      headerOp = iota // insert before index (-1: after the last field)
+	opChange                      // change the n-th field called name (delete when value is "")
+	opDeleteWhere                 // delete every field called name whose value match takes
 )
 
 // headerEdit is one recorded header edit.
@@ -29,11 +31,30 @@ type headerEdit struct {
 	name  string
 	n     int
 	value string
+	fn    func() string           // the value, made when the message is read (PrependHeaderFunc)
+	match func(value string) bool // which fields to delete (DeleteHeaderWhere)
 }
 
 // PrependHeader adds a header field at the top of the message, above our
 // Received: field (as trace fields and Authentication-Results: go).
 func (t *Transaction) PrependHeader(name, value string) { t.InsertHeader(0, name, value) }
+
+// PrependHeaderFunc adds a header field at the top of the message whose
+// value the function gives when the message is read (by a judge or the
+// deliveries), not now: for a field that sums up what several
+// sub-handlers record until the end of data, such as
+// Authentication-Results. An empty value adds no field.
+func (t *Transaction) PrependHeaderFunc(name string, value func() string) {
+	t.edits = append(t.edits, headerEdit{op: opInsert, name: name, fn: value})
+}
+
+// DeleteHeaderWhere deletes every header field called name (no case)
+// whose value (unfolded, trimmed) match takes, when the message is read:
+// for fields the message must not keep, such as an Authentication-Results
+// field that claims to be ours (RFC 8601 section 5).
+func (t *Transaction) DeleteHeaderWhere(name string, match func(value string) bool) {
+	t.edits = append(t.edits, headerEdit{op: opDeleteWhere, name: name, match: match})
+}
 
 // AppendHeader adds a header field after the last one (milter's "add
 // header").
@@ -228,6 +249,22 @@ type field struct {
 	raw  []byte
 }
 
+// valueOf returns a field's value, unfolded and trimmed.
+func (sp *spool) valueOf(f field) string {
+	raw := f.raw
+	if raw == nil {
+		raw = make([]byte, f.ref.n)
+		if _, err := sp.readAt(raw, f.ref.off); err != nil {
+			return ""
+		}
+	}
+	n := FieldNameLen(raw)
+	if n <= 0 {
+		return ""
+	}
+	return unfold(raw[n+1:])
+}
+
 // message renders the spool with the header edits and the replaced body.
 func (sp *spool) message(edits []headerEdit, body *spool) *Message {
 	m := &Message{}
@@ -245,7 +282,7 @@ func (sp *spool) message(edits []headerEdit, body *spool) *Message {
 			fields[i] = field{name: f.name, ref: f}
 		}
 		for _, e := range edits {
-			fields = applyEdit(fields, e)
+			fields = applyEdit(sp, fields, e)
 		}
 		for _, f := range fields {
 			if f.raw != nil {
@@ -268,10 +305,20 @@ func (sp *spool) message(edits []headerEdit, body *spool) *Message {
 }
 
 // applyEdit applies one header edit to the fields.
-func applyEdit(fields []field, e headerEdit) []field {
+func applyEdit(sp *spool, fields []field, e headerEdit) []field {
 	switch e.op {
+	case opDeleteWhere:
+		return slices.DeleteFunc(fields, func(f field) bool {
+			return strings.EqualFold(f.name, e.name) && e.match(sp.valueOf(f))
+		})
 	case opInsert:
-		f := field{name: e.name, raw: renderField(e.name, e.value)}
+		value := e.value
+		if e.fn != nil {
+			if value = e.fn(); value == "" {
+				return fields
+			}
+		}
+		f := field{name: e.name, raw: renderField(e.name, value)}
 		i := e.index
 		if i < 0 || i > len(fields) {
 			i = len(fields)

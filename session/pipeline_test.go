@@ -104,6 +104,15 @@ func TestHeaderEditsReachDeliveries(t *testing.T) {
 			"RCV" + strings.Replace(orig, "\r\n\r\n", "\r\nX-New: v\r\n\r\n", 1)},
 		{"no injection", func(t *Transaction) { t.PrependHeader("X-A", "x\r\nBcc: evil@x.test\n\tfolded") },
 			"X-A: x Bcc: evil@x.test\r\n\tfolded\r\nRCV" + orig},
+		{"prepend made when read", func(t *Transaction) {
+			n := 0
+			t.PrependHeaderFunc("X-Count", func() string { n++; return fmt.Sprint("seen ", n) })
+			t.PrependHeaderFunc("X-None", func() string { return "" })
+		}, "X-Count: seen 1\r\nRCV" + orig},
+		{"delete where", func(t *Transaction) {
+			t.DeleteHeaderWhere("x-drop", func(v string) bool { return v == "two" })
+			t.PrependHeader("X-Drop", "two") // added after: not deleted
+		}, "X-Drop: two\r\nRCVSubject: hello\r\nX-Drop: one\r\nFrom: a@b.test\r\n\r\nthe body\r\n.leading dot\r\n"},
 		{"replace body", func(t *Transaction) { t.ReplaceBody(strings.NewReader("new body\r\n")) },
 			"RCVSubject: hello\r\nX-Drop: one\r\nFrom: a@b.test\r\nX-Drop: two\r\n\r\nnew body\r\n"},
 	} {

@@ -146,6 +146,11 @@ func (s *Session) RemoteAddr() net.Addr { return s.remote }
 // the connection has none (a unix socket).
 func (s *Session) RemoteIP() netip.Addr { return remoteIP(s.remote) }
 
+// Resolver returns the DNS resolver of this session's server (see
+// Config.Resolver): what a sub-handler looks names up with unless it was
+// given one of its own.
+func (s *Session) Resolver() Resolver { return s.cfg.Resolver }
+
 // LocalAddr returns the server's address.
 func (s *Session) LocalAddr() net.Addr { return s.local }
 
