@@ -32,6 +32,7 @@ import (
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/dnsbl"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/exec"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/greylist"
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/iprev"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/maildir"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/rate_limit"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/recipients"
