@@ -12,6 +12,7 @@ import (
 	"github.com/dustin/go-humanize"
 	"github.com/mholt/caddy-l4/layer4"
 
+	"github.com/caddy-esmtp/caddy-esmtp/dnscache"
 	"github.com/caddy-esmtp/caddy-esmtp/handlers/match"
 	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
 )
@@ -36,6 +37,7 @@ import (
 //		require_tls
 //		log_transcript
 //		xclient_networks   <cidr...>
+//		resolvers          <host[:port]...>  # DNS servers for sub-handlers
 //		max_connections    <n>|unlimited
 //		max_connections_per_ip <n>|unlimited
 //		min_data_rate      <size>        # bytes per second: 500, 1KiB
@@ -46,8 +48,8 @@ import (
 //		<sub-handler> [@<name>] [<args...>] [{ ... }]   # e.g. maildir @local ./mail
 //	}
 //
-// Each option is given at most once, except xclient_networks, whose
-// ranges accumulate. Any directive that is not an option above is a
+// Each option is given at most once, except xclient_networks and
+// resolvers, whose values accumulate. Any directive that is not an option above is a
 // sub-handler: `maildir` becomes the module esmtp.handlers.maildir, in the
 // order written. A named matcher after the sub-handler's name wraps it in
 // esmtp.handlers.match. Sub-handlers may repeat; named matchers may not.
@@ -237,6 +239,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("xclient_networks: %v", err)
 			}
 			h.XClientNetworks = append(h.XClientNetworks, args...)
+		case "resolvers":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for _, a := range args {
+				if _, err := dnscache.ParseServer(a); err != nil {
+					return d.Errf("resolvers: %v", err)
+				}
+			}
+			h.Resolvers = append(h.Resolvers, args...)
 		default:
 			if strings.HasPrefix(opt, "@") {
 				m, err := parseMatcher(d)

@@ -73,6 +73,8 @@ func TestCaddyfileErrorsNameTheField(t *testing.T) {
 		{"command_timeout soon", "command_timeout: must be a positive duration"},
 		{"bare_line_endings maybe", "bare_line_endings: must be reject or normalize"},
 		{"hostname", "wrong argument count"},
+		{"resolvers 127.0.0.1 1.2.3.4:99999", `resolvers: "1.2.3.4:99999": bad port`},
+		{"resolvers", "wrong argument count"},
 		{"no_such_thing 1", `unknown esmtp option or sub-handler "no_such_thing"`},
 		{"maildir", "maildir: path is required"},
 	} {
@@ -91,6 +93,7 @@ func TestProvisionErrorsNameTheField(t *testing.T) {
 		{`"chunk_size": 10`, "chunk_size: must be between"},
 		{`"bare_line_endings": "keep"`, "bare_line_endings: must be"},
 		{`"hostname": "bad host name"`, "hostname:"},
+		{`"resolvers": ["127.0.0.1", "[::1"]`, "resolvers[1]: "},
 		{`"handlers": [{"handler": "nonexistent"}]`, "esmtp.handlers.nonexistent"},
 		{`"handlers": [{"handler": "maildir"}]`, "maildir: path is required"},
 	} {

@@ -20,6 +20,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"go.uber.org/zap"
 
+	"github.com/caddy-esmtp/caddy-esmtp/dnscache"
 	"github.com/caddy-esmtp/caddy-esmtp/handlers/match"
 	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
@@ -31,6 +32,7 @@ import (
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/dnsbl"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/exec"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/greylist"
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/iprev"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/maildir"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/rate_limit"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/recipients"
@@ -134,6 +136,17 @@ type Handler struct {
 	// SpoolDir is the directory of the spool files. Default: the
 	// system's temporary directory.
 	SpoolDir string `json:"spool_dir,omitempty"`
+	// Resolvers are the DNS servers ("host" or "host:port"; port 53 by
+	// default) that every sub-handler of this handler that looks something
+	// up asks (SPF, DKIM, DMARC, iprev, dnsbl, relay's MX lookups), in
+	// order: the next one when one fails or does not answer in time. Their
+	// answers are cached for their TTL (at most 1h; NXDOMAIN and NODATA for
+	// the zone's SOA minimum, or 1m) in one cache of at most 10000 answers
+	// shared by all this handler's sessions. Give recursive resolvers, a
+	// validating one on the same host ideally. Empty: the system's resolver
+	// (/etc/resolv.conf through Go's net.DefaultResolver), without this
+	// cache. A sub-handler's own `resolver` option overrides these.
+	Resolvers []string `json:"resolvers,omitempty"`
 	// LogTranscript logs the whole SMTP conversation, every command and
 	// reply, at debug level (AUTH credentials are redacted). The logger
 	// must also be at debug level for it to show.
@@ -187,6 +200,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("esmtp: xclient_networks: %v", err)
 	}
+	var resolver session.Resolver
+	if len(h.Resolvers) > 0 {
+		r, err := dnscache.New(h.Resolvers, dnscache.Options{})
+		if err != nil {
+			return fmt.Errorf("esmtp: resolvers%v", err)
+		}
+		resolver = r
+	}
 	var obs session.Observer
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
 		m, err := newMetrics(reg)
@@ -197,6 +218,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	srv, err := session.NewServer(session.Config{
 		Observer:            obs,
+		Resolver:            resolver,
 		LogTranscript:       h.LogTranscript,
 		TLSConfig:           tlsConfig,
 		RequireTLS:          h.RequireTLS,

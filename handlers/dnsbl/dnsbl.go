@@ -3,7 +3,7 @@
 // with 554 5.7.1 "Service unavailable; client [ip] blocked using <zone>".
 //
 //	dnsbl zen.spamhaus.org bl.spamcop.net {
-//		resolver 127.0.0.1:53   # default: the system's resolver
+//		resolver 127.0.0.1:53   # default: the esmtp handler's resolvers
 //		timeout 5s
 //		at rcpt                 # default: connect
 //	}
@@ -23,10 +23,12 @@
 //
 // DNS errors and timeouts fail open: the client is not refused, and the
 // failure is logged at warn level. Blocklists refuse queries through
-// public resolvers: give a local caching resolver.
+// public resolvers: give a local caching resolver, in the esmtp handler's
+// `resolvers` (shared, cached) or in this sub-handler's own `resolver`.
 package dnsbl
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -56,7 +58,8 @@ type DNSBL struct {
 	// At least one is required.
 	Zones []string `json:"zones,omitempty"`
 	// Resolver is the DNS server asked, as host:port or an IP address
-	// (port 53). Default: the system's resolver.
+	// (port 53), instead of the esmtp handler's resolvers (its
+	// `resolvers` option, or the system's resolver without it).
 	Resolver string `json:"resolver,omitempty"`
 	// Timeout bounds the lookup in all zones; a zone that has not
 	// answered by then does not list the client. Default: 5s.
@@ -67,7 +70,7 @@ type DNSBL struct {
 	At string `json:"at,omitempty"`
 
 	zones    []string
-	resolver *net.Resolver
+	resolver session.Resolver // nil: the session's (Session.Resolver)
 	logger   *zap.Logger
 }
 
@@ -104,7 +107,7 @@ func (b *DNSBL) Provision(ctx caddy.Context) error {
 	case b.Timeout == 0:
 		b.Timeout = caddy.Duration(DefaultTimeout)
 	}
-	b.resolver = net.DefaultResolver
+	b.resolver = nil
 	if b.Resolver != "" {
 		addr, err := resolverAddr(b.Resolver)
 		if err != nil {
@@ -232,7 +235,7 @@ func (b *DNSBL) lookup(ctx context.Context, s *session.Session, ip netip.Addr) s
 
 // query looks name up and reports whether its answer lists the client.
 func (b *DNSBL) query(ctx context.Context, s *session.Session, ip netip.Addr, zone, name string) bool {
-	addrs, err := b.resolver.LookupNetIP(ctx, "ip4", name)
+	addrs, err := lookup4(ctx, cmp.Or(b.resolver, s.Resolver()), name)
 	if err != nil {
 		var de *net.DNSError
 		if errors.As(err, &de) && de.IsNotFound {
@@ -259,6 +262,27 @@ func (b *DNSBL) query(ctx context.Context, s *session.Session, ip netip.Addr, zo
 		}
 	}
 	return listed
+}
+
+// lookup4 returns the IPv4 addresses of name: with LookupNetIP when the
+// resolver has it (*net.Resolver, dnscache), so that only A is asked.
+func lookup4(ctx context.Context, r session.Resolver, name string) ([]netip.Addr, error) {
+	if r, ok := r.(interface {
+		LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+	}); ok {
+		return r.LookupNetIP(ctx, "ip4", name)
+	}
+	addrs, err := r.LookupIPAddr(ctx, name)
+	var ips []netip.Addr
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap().Is4() {
+			ips = append(ips, ip.Unmap())
+		}
+	}
+	if err == nil && len(ips) == 0 {
+		err = &net.DNSError{Err: "no such host", Name: name, IsNotFound: true}
+	}
+	return ips, err
 }
 
 var (

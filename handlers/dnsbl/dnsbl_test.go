@@ -11,6 +11,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/miekg/dns"
 
+	"github.com/caddy-esmtp/caddy-esmtp/dnscache"
+	"github.com/caddy-esmtp/caddy-esmtp/internal/dnstest"
 	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"
 )
 
@@ -174,5 +176,36 @@ func TestCaddyfile(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: got error %v, want one containing %q", tc.in, err, tc.want)
 		}
+	}
+}
+
+// TestHandlerResolver: without its own resolver, dnsbl asks the esmtp
+// handler's (Config.Resolver, here a dnscache on the test server); with
+// one, that one.
+func TestHandlerResolver(t *testing.T) {
+	listing := dnstest.Start(t, "2.0.0.127.bl.test. 60 IN A 127.0.0.2")
+	empty := dnstest.Start(t)
+	cache, err := dnscache.New([]string{listing.Addr}, dnscache.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := smtptest.Config(provisioned(t, &DNSBL{Zones: []string{"bl.test"}}))
+	cfg.Resolver = cache
+	smtptest.NewServer(t, cfg).PipeFrom("127.0.0.2:1234").
+		Expect("554 5.7.1 Service unavailable; client [127.0.0.2] blocked using bl.test")
+	smtptest.NewServer(t, cfg).PipeFrom("127.0.0.2:1234").
+		Expect("554 5.7.1 Service unavailable; client [127.0.0.2] blocked using bl.test")
+	if n := listing.Queries("2.0.0.127.bl.test", dns.TypeA); n != 1 {
+		t.Errorf("asked %d times, want 1 (then from the handler's cache)", n)
+	}
+	if n := listing.Queries("2.0.0.127.bl.test", dns.TypeAAAA); n != 0 {
+		t.Errorf("AAAA asked %d times, want 0", n)
+	}
+
+	cfg = smtptest.Config(provisioned(t, &DNSBL{Zones: []string{"bl.test"}, Resolver: empty.Addr}))
+	cfg.Resolver = cache
+	smtptest.NewServer(t, cfg).PipeFrom("127.0.0.2:1234").Expect("220 ")
+	if n := empty.Queries("2.0.0.127.bl.test", dns.TypeA); n != 1 {
+		t.Errorf("own resolver asked %d times, want 1", n)
 	}
 }

@@ -334,6 +334,7 @@ func serve(t testing.TB, base session.Config, handlers ...any) *smtptest.Server 
 	cfg := smtptest.Config(handlers...)
 	cfg.BareLineEndings = base.BareLineEndings
 	cfg.Logger = base.Logger
+	cfg.Resolver = base.Resolver
 	return smtptest.NewServer(t, cfg)
 }
 

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"net"
@@ -26,7 +27,7 @@ const maxTargets = 10
 // mxTargets returns the addresses to try for domain, best first: its MX
 // hosts by preference, or the domain itself when it has no MX record
 // (RFC 5321 5.1), or the address of a literal such as [192.0.2.1].
-func (r *Relay) mxTargets(ctx context.Context, domain string) ([]target, *setupError) {
+func (r *Relay) mxTargets(ctx context.Context, resolver session.Resolver, domain string) ([]target, *setupError) {
 	if strings.HasPrefix(domain, "[") {
 		lit := strings.TrimSuffix(strings.TrimPrefix(domain, "["), "]")
 		if len(lit) > 5 && strings.EqualFold(lit[:5], "IPv6:") {
@@ -40,7 +41,7 @@ func (r *Relay) mxTargets(ctx context.Context, domain string) ([]target, *setupE
 	}
 	var hosts []string
 	implicit := false
-	mxs, err := r.resolver.LookupMX(ctx, domain)
+	mxs, err := resolver.LookupMX(ctx, domain)
 	switch {
 	case err == nil || len(mxs) > 0:
 		if len(mxs) == 1 && (mxs[0].Host == "." || mxs[0].Host == "") {
@@ -59,12 +60,16 @@ func (r *Relay) mxTargets(ctx context.Context, domain string) ([]target, *setupE
 	var targets []target
 	var lastErr error
 	for _, h := range hosts {
-		ips, err := r.resolver.LookupNetIP(ctx, "ip", h)
+		addrs, err := resolver.LookupIPAddr(ctx, h)
 		if err != nil {
 			lastErr = err
 			continue
 		}
-		for _, ip := range ips {
+		for _, a := range addrs {
+			ip, ok := netip.AddrFromSlice(a.IP)
+			if !ok {
+				continue
+			}
 			targets = append(targets, target{addr: netip.AddrPortFrom(ip.Unmap(), uint16(r.MXPort)).String(), name: h})
 		}
 		if len(targets) >= maxTargets {
@@ -85,9 +90,11 @@ func isNotFound(err error) bool {
 	return errors.As(err, &de) && de.IsNotFound
 }
 
-// dialMX connects to the first mail server of domain that answers.
-func (r *Relay) dialMX(ctx context.Context, domain, hello string) (*upstream, *setupError) {
-	targets, serr := r.mxTargets(ctx, domain)
+// dialMX connects to the first mail server of domain that answers, found
+// with the relay's own resolver or else the session's.
+func (r *Relay) dialMX(ctx context.Context, s *session.Session, domain string) (*upstream, *setupError) {
+	hello := s.Hostname()
+	targets, serr := r.mxTargets(ctx, cmp.Or(r.resolver, s.Resolver()), domain)
 	if serr != nil {
 		return nil, serr
 	}

@@ -9,6 +9,8 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/caddy-esmtp/caddy-esmtp/dnscache"
+	"github.com/caddy-esmtp/caddy-esmtp/internal/dnstest"
 	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
@@ -315,4 +317,37 @@ func mustPort(t *testing.T, addr string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestMXHandlerResolver: without its own resolver, relay finds the mail
+// servers with the esmtp handler's (Config.Resolver); its own overrides.
+func TestMXHandlerResolver(t *testing.T) {
+	up := startUpstream(t, upstreamOpts{})
+	ds := dnstest.Start(t,
+		"a.test. 60 IN MX 10 mx.a.test.",
+		"mx.a.test. 60 IN A 127.0.0.1",
+	)
+	cache, err := dnscache.New([]string{ds.Addr}, dnscache.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := provisioned(t, &Relay{To: "mx", MXPort: mustPort(t, up.addr), Domains: []string{"a.test"}})
+	c, _ := dial(t, serve(t, session.Config{Resolver: cache}, r))
+	for range 2 {
+		if got := send(t, c, "a@client.example", "one@a.test"); !strings.HasPrefix(got, "250 2.0.0") {
+			t.Fatalf("end of data: %q", got)
+		}
+	}
+	if n := len(up.messages()); n != 2 {
+		t.Errorf("upstream got %d messages, want 2", n)
+	}
+	if n := ds.Queries("a.test", dns.TypeMX); n != 1 {
+		t.Errorf("MX asked %d times, want 1 (then cached)", n)
+	}
+
+	// Its own resolver knows no a.test: the recipient is refused.
+	r = provisioned(t, &Relay{To: "mx", Resolver: dnstest.Start(t).Addr, MXPort: mustPort(t, up.addr), Domains: []string{"a.test"}})
+	c, _ = dial(t, serve(t, session.Config{Resolver: cache}, r))
+	c.Cmd("MAIL FROM:<a@client.example>", "250 2.1.0")
+	c.Cmd("RCPT TO:<one@a.test>", "550 5.1.2 ")
 }

@@ -162,8 +162,9 @@ type Relay struct {
 	// verified. (With mx and without RequireTLS, TLS is opportunistic
 	// already.)
 	TLSInsecureSkipVerify bool `json:"tls_insecure_skip_verify,omitempty"`
-	// Resolver is the DNS server ("host:port") for MX lookups; the
-	// system's resolver by default. Only with to mx.
+	// Resolver is the DNS server ("host:port") for MX lookups, instead of
+	// the esmtp handler's resolvers (its `resolvers` option, or the
+	// system's resolver without it). Only with to mx.
 	Resolver string `json:"resolver,omitempty"`
 	// MXPort is the port of the mail servers found by MX lookup (default
 	// 25). Only with to mx; for tests.
@@ -192,7 +193,7 @@ type Relay struct {
 	user        string
 	password    string
 	roots       *x509.CertPool
-	resolver    *net.Resolver
+	resolver    session.Resolver // nil: the session's (Session.Resolver)
 	pool        *pool
 	logger      *zap.Logger
 
@@ -283,7 +284,7 @@ func (r *Relay) Provision(ctx caddy.Context) error {
 	if !r.mx && (r.Resolver != "" || r.MXPort != 0) {
 		return errors.New("relay: resolver, mx_port: only with to mx")
 	}
-	r.resolver = net.DefaultResolver
+	r.resolver = nil
 	if r.Resolver != "" {
 		addr := r.Resolver
 		if _, _, err := net.SplitHostPort(addr); err != nil {

@@ -151,7 +151,7 @@ func (r *Relay) connectFor(ctx context.Context, s *session.Session, domain strin
 	var up *upstream
 	var serr *setupError
 	if r.mx {
-		up, serr = r.dialMX(ctx, domain, s.Hostname())
+		up, serr = r.dialMX(ctx, s, domain)
 	} else {
 		up, serr = r.connect(ctx, r.smartHost, s.Hostname())
 	}

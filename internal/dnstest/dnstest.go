@@ -1,0 +1,178 @@
+// Package dnstest runs a small authoritative DNS server on loopback for
+// tests: records in zone-file syntax, NXDOMAIN for unknown names, NODATA
+// (with an SOA) for known names without the type asked, and names that
+// answer SERVFAIL, never answer, or are truncated over UDP.
+package dnstest
+
+import (
+	"net"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+// NegativeSOA is the SOA record in the authority section of NXDOMAIN and
+// NODATA answers: negative answers may be kept 30s (RFC 2308).
+const NegativeSOA = "test. 30 IN SOA ns.test. hostmaster.test. 1 3600 600 86400 30"
+
+// Server is a DNS server on 127.0.0.1, UDP and TCP on the same port.
+type Server struct {
+	// Addr is the server's address, "127.0.0.1:port".
+	Addr string
+
+	mu       sync.Mutex
+	records  []dns.RR
+	special  map[string]string // name (lower case, final dot) -> "servfail", "drop", "truncate"
+	queries  map[query]int
+	overTCP  int
+	negative dns.RR
+}
+
+type query struct {
+	name  string
+	qtype uint16
+}
+
+// Start serves records (zone-file lines such as "a.test. 60 IN A
+// 192.0.2.1") until the test ends.
+func Start(tb testing.TB, records ...string) *Server {
+	tb.Helper()
+	s := &Server{special: map[string]string{}, queries: map[query]int{}}
+	s.Set(tb, records...)
+	soa, err := dns.NewRR(NegativeSOA)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s.negative = soa
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s.Addr = pc.LocalAddr().String()
+	ln, err := net.Listen("tcp", s.Addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, srv := range []*dns.Server{
+		{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, m *dns.Msg) { s.serve(w, m, false) })},
+		{Listener: ln, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, m *dns.Msg) { s.serve(w, m, true) })},
+	} {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		go srv.ActivateAndServe()
+		<-started
+		tb.Cleanup(func() { srv.Shutdown() })
+	}
+	return s
+}
+
+// Set replaces the records served.
+func (s *Server) Set(tb testing.TB, records ...string) {
+	tb.Helper()
+	var rrs []dns.RR
+	for _, r := range records {
+		rr, err := dns.NewRR(r)
+		if err != nil {
+			tb.Fatalf("record %q: %v", r, err)
+		}
+		rrs = append(rrs, rr)
+	}
+	s.mu.Lock()
+	s.records = rrs
+	s.mu.Unlock()
+}
+
+// ServFail makes the server answer SERVFAIL for name.
+func (s *Server) ServFail(name string) { s.mark(name, "servfail") }
+
+// Drop makes the server never answer about name.
+func (s *Server) Drop(name string) { s.mark(name, "drop") }
+
+// Truncate makes the server answer about name over UDP with the TC bit
+// and no records, and fully over TCP.
+func (s *Server) Truncate(name string) { s.mark(name, "truncate") }
+
+func (s *Server) mark(name, what string) {
+	s.mu.Lock()
+	s.special[strings.ToLower(dns.Fqdn(name))] = what
+	s.mu.Unlock()
+}
+
+// Queries returns how many queries for name and type the server received
+// (over UDP and TCP).
+func (s *Server) Queries(name string, qtype uint16) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.queries[query{strings.ToLower(dns.Fqdn(name)), qtype}]
+}
+
+// TCPQueries returns how many queries came over TCP.
+func (s *Server) TCPQueries() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.overTCP
+}
+
+func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg, tcp bool) {
+	if len(req.Question) != 1 {
+		m := new(dns.Msg)
+		m.SetRcode(req, dns.RcodeFormatError)
+		w.WriteMsg(m)
+		return
+	}
+	q := req.Question[0]
+	name := strings.ToLower(q.Name)
+	s.mu.Lock()
+	s.queries[query{name, q.Qtype}]++
+	if tcp {
+		s.overTCP++
+	}
+	what := s.special[name]
+	var answer []dns.RR
+	known := false
+	for _, rr := range s.records {
+		if strings.EqualFold(rr.Header().Name, q.Name) {
+			known = true
+			if rr.Header().Rrtype == q.Qtype || rr.Header().Rrtype == dns.TypeCNAME {
+				answer = append(answer, rr)
+			}
+		}
+	}
+	negative := s.negative
+	s.mu.Unlock()
+
+	m := new(dns.Msg)
+	m.SetReply(req)
+	m.Authoritative = true
+	switch {
+	case what == "drop":
+		return
+	case what == "servfail":
+		m.Rcode = dns.RcodeServerFailure
+	case what == "truncate" && !tcp:
+		m.Truncated = true
+	case !known:
+		m.Rcode = dns.RcodeNameError
+		m.Ns = []dns.RR{negative}
+	case len(answer) == 0:
+		m.Ns = []dns.RR{negative}
+	default:
+		m.Answer = answer
+	}
+	w.WriteMsg(m)
+}
+
+// Silent returns the address of a UDP socket on 127.0.0.1 that reads
+// nothing and answers nothing, until the test ends: a DNS server that has
+// stopped responding.
+func Silent(tb testing.TB) string {
+	tb.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { pc.Close() })
+	return pc.LocalAddr().String()
+}
