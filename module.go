@@ -29,6 +29,8 @@ import (
 	// `xcaddy build --with github.com/caddy-esmtp/caddy-esmtp` brings them.
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/auth"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/discard"
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/dkim"
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/dkim_sign"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/dnsbl"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/exec"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/greylist"

@@ -1,11 +1,14 @@
 // Package dnstest runs a small authoritative DNS server on loopback for
-// tests: records in zone-file syntax, NXDOMAIN for unknown names, NODATA
-// (with an SOA) for known names without the type asked, and names that
-// answer SERVFAIL, never answer, or are truncated over UDP.
+// tests: records in zone-file syntax (or TXT values with SetTXT), NXDOMAIN
+// for unknown names, NODATA (with an SOA) for known names without the type
+// asked, and names that answer SERVFAIL (ServFail, or any name under a
+// "servfail." label), never answer, or are truncated over UDP.
 package dnstest
 
 import (
+	"context"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -66,6 +69,43 @@ func Start(tb testing.TB, records ...string) *Server {
 		tb.Cleanup(func() { srv.Shutdown() })
 	}
 	return s
+}
+
+// New starts a server with no records (see SetTXT) until the test ends.
+func New(tb testing.TB) *Server { return Start(tb) }
+
+// SetTXT makes name answer one TXT record per value, a value longer than
+// 255 bytes split into strings as in a zone file, in addition to the
+// records served so far.
+func (s *Server) SetTXT(name string, values ...string) {
+	fqdn := dns.Fqdn(name)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.records = slices.DeleteFunc(s.records, func(rr dns.RR) bool {
+		return rr.Header().Rrtype == dns.TypeTXT && strings.EqualFold(rr.Header().Name, fqdn)
+	})
+	for _, v := range values {
+		var parts []string
+		for len(v) > 255 {
+			parts, v = append(parts, v[:255]), v[255:]
+		}
+		parts = append(parts, v)
+		s.records = append(s.records, &dns.TXT{
+			Hdr: dns.RR_Header{Name: fqdn, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 60},
+			Txt: parts,
+		})
+	}
+}
+
+// Resolver returns a resolver that asks only this server.
+func (s *Server) Resolver() *net.Resolver {
+	var d net.Dialer
+	return &net.Resolver{
+		PreferGo: true,
+		Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, "udp", s.Addr)
+		},
+	}
 }
 
 // Set replaces the records served.
@@ -130,6 +170,9 @@ func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg, tcp bool) {
 		s.overTCP++
 	}
 	what := s.special[name]
+	if strings.HasPrefix(name, "servfail.") || strings.Contains(name, ".servfail.") {
+		what = "servfail"
+	}
 	var answer []dns.RR
 	known := false
 	for _, rr := range s.records {
