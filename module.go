@@ -28,6 +28,7 @@ import (
 	// `xcaddy build --with github.com/caddy-esmtp/caddy-esmtp` brings them.
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/auth"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/discard"
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/dmarc"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/dnsbl"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/exec"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/greylist"
