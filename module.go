@@ -31,6 +31,7 @@ import (
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/discard"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/dkim"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/dkim_sign"
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/dmarc"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/dnsbl"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/exec"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/greylist"
