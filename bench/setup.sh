@@ -2,7 +2,9 @@
 # Installs the benchmark's outside peers and load generator, idempotently:
 #   - Postfix (smtp-sink, smtp-source) from Debian, with debconf
 #     "No configuration" so no mail system is set up or started;
-#   - Haraka 3.3.4 from npm into bench/.cache/haraka (gitignored).
+#   - Haraka 3.3.4 from npm into bench/.cache/haraka (gitignored);
+#   - for -auth: OpenDKIM, OpenDMARC and policyd-spf from Debian (their
+#     packages' own services are not used: the harness starts private ones).
 # `go run ./bench/matrix` runs this itself when something is missing.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -12,6 +14,12 @@ if [ ! -x /usr/sbin/smtp-sink ] || [ ! -x /usr/sbin/smtp-source ]; then
 	apt-get update -q >&2
 	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >&2
+fi
+
+if [ ! -x /usr/sbin/opendkim ] || [ ! -x /usr/sbin/opendmarc ] || [ ! -x /usr/bin/policyd-spf ]; then
+	echo "setup: installing opendkim, opendkim-tools, opendmarc, postfix-policyd-spf-python" >&2
+	apt-get update -q >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q opendkim opendkim-tools opendmarc postfix-policyd-spf-python >&2
 fi
 
 haraka="$here/.cache/haraka"

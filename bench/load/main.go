@@ -38,7 +38,16 @@ func main() {
 	flag.StringVar(&cfg.Helo, "helo", "loadgen.example.test", "EHLO name")
 	flag.BoolVar(&cfg.Echo, "echo", false, "no SMTP: connect, write a probe, read it back, close (for an echo server: the bare cost of a connection)")
 	asJSON := flag.Bool("json", false, "print the result as JSON")
+	msgFile := flag.String("message", "", "send this file as the message, as it is (CRLF line ends, no line starting with '.'), instead of one of -size bytes")
 	flag.Parse()
+	if *msgFile != "" {
+		b, err := os.ReadFile(*msgFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "load:", err)
+			os.Exit(2)
+		}
+		cfg.Data = b
+	}
 
 	res, err := loadgen.Run(cfg)
 	if err != nil {

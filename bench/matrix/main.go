@@ -80,6 +80,7 @@ func main() {
 	bigSize := flag.Int64("big", 1<<30, "size of the large message for peak memory")
 	profile := flag.Bool("profile", false, "instead of the matrix: CPU profiles of caddy-esmtp (discard) under 10 KiB x 20 load, both modes, into bench/.cache/profiles")
 	pipeline := flag.Bool("pipeline", false, "instead of the matrix: the message pipeline cells (maildir on disk end to end against Postfix's virtual(8), bytes written per message, RSS of -pipeline-sessions sessions in DATA) into bench/RESULTS-pipeline.md")
+	auth := flag.Bool("auth", false, "instead of the matrix: the inbound MX with authentication cell (spf, dkim, dmarc into a Maildir on disk vs Postfix with policyd-spf, OpenDKIM, OpenDMARC; needs 127.0.0.1:53) into bench/RESULTS-auth.md")
 	pipeSessions := flag.String("pipeline-sessions", "10000", "sessions held in DATA at once for -pipeline's memory cell (a comma-separated list: one measurement each)")
 	profSecs := flag.Int("profile-seconds", 10, "length of each profile")
 	keep := flag.Bool("keep", false, "keep the work directory (configs, server logs)")
@@ -101,6 +102,9 @@ func main() {
 		}
 		if *pipeline {
 			*out = "bench/RESULTS-pipeline.md"
+		}
+		if *auth {
+			*out = "bench/RESULTS-auth.md"
 		}
 	}
 	if *jsonOut == "" {
@@ -143,6 +147,9 @@ func main() {
 	if *pipeline {
 		defs = pipelineServers()
 	}
+	if *auth {
+		defs = authServers()
+	}
 	if *only != "" {
 		want := strings.Split(*only, ",")
 		defs = slices.DeleteFunc(defs, func(d *serverDef) bool { return !slices.Contains(want, d.Name) })
@@ -154,6 +161,13 @@ func main() {
 
 	if *profile {
 		if err := h.profile(*profSecs); err != nil {
+			fatal(err)
+		}
+		return
+	}
+	if *auth {
+		r := &report{Env: map[string]string{"cpus": fmt.Sprint(runtime.NumCPU())}, ServerCPUs: h.cpu.serverCPUs, GeneratorCPUs: h.cpu.genCPUs}
+		if err := h.auth(defs, places[0], h.path(*out), h.path(*jsonOut), r.describe(places[0])); err != nil {
 			fatal(err)
 		}
 		return
@@ -223,7 +237,7 @@ func (h *harness) init(setup bool) error {
 		log.Printf("file limit: %v", err)
 	}
 	h.findTools()
-	if setup && (h.smtpSink == "" || h.smtpSource == "" || h.haraka == "") {
+	if setup && (h.smtpSink == "" || h.smtpSource == "" || h.haraka == "" || authToolsMissing()) {
 		log.Printf("running bench/setup.sh")
 		cmd := exec.Command("sh", filepath.Join(h.root, "bench", "setup.sh"))
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr

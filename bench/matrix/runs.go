@@ -85,7 +85,7 @@ const (
 
 // runLoad runs bench/load (built) against s for the harness's run time.
 func (h *harness) runLoad(s *server, c cell, d time.Duration) runResult {
-	return h.loadArgs(s, c, d, genLoad)
+	return h.loadArgs(s, c, d, genLoad, s.loadExtra...)
 }
 
 // runEcho runs bench/load -echo: connect, probe echoed, close.

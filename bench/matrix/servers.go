@@ -47,6 +47,11 @@ type server struct {
 	logFile     *os.File
 	exited      chan struct{}
 	cpus        string // the CPUs it may run on (Cpus_allowed_list), once started
+	// loadExtra are more arguments for bench/load against this server
+	// (-auth: the signed message, its sender).
+	loadExtra []string
+	// milters are the addresses of the milters a Postfix instance uses.
+	milters []string
 }
 
 func (s *server) pid() int { return s.cmd.Process.Pid }
@@ -252,7 +257,7 @@ func startCaddy(variant, logLevel string) func(h *harness, s *server) (*exec.Cmd
 			h.removeLater(d)
 			s.maildirs = []string{filepath.Join(d, "mail")}
 			handler = "maildir " + s.maildirs[0]
-		case "maildir-disk", "maildir-disk2":
+		case "maildir-disk", "maildir-disk2", "auth":
 			// maildir-disk2: two maildir sub-handlers in one esmtp
 			// block, every message delivered into both.
 			d, err := os.MkdirTemp(h.diskDir, "bench-maildir-")
@@ -267,6 +272,11 @@ func startCaddy(variant, logLevel string) func(h *harness, s *server) (*exec.Cmd
 			var lines []string
 			for _, md := range s.maildirs {
 				lines = append(lines, "maildir "+md)
+			}
+			if variant == "auth" {
+				// -auth: the harness's DNS server, SPF, DKIM, then the
+				// DMARC judge (after them), then delivery.
+				lines = append([]string{"resolvers " + authDNSAddr, "spf", "dkim", "dmarc"}, lines...)
 			}
 			handler = strings.Join(lines, "\n\t\t\t\t\t")
 		}

@@ -52,6 +52,9 @@ type Config struct {
 	// probe, reads it back and closes. Against an echo server this
 	// measures the bare cost of a connection.
 	Echo bool
+	// Data, if set, is the message sent (whole, as it is: see
+	// MessageFromBytes) instead of one of Size bytes.
+	Data []byte
 }
 
 // Result is what a run measured.
@@ -117,7 +120,14 @@ func Run(cfg Config) (*Result, error) {
 	if cfg.Helo == "" {
 		cfg.Helo = "loadgen.example.test"
 	}
-	r := &run{cfg: cfg, msg: NewMessage(cfg.Size, cfg.From, cfg.To), kinds: map[string]int{}}
+	msg := NewMessage(cfg.Size, cfg.From, cfg.To)
+	if cfg.Data != nil {
+		var err error
+		if msg, err = MessageFromBytes(cfg.Data); err != nil {
+			return nil, err
+		}
+	}
+	r := &run{cfg: cfg, msg: msg, kinds: map[string]int{}}
 	r.pipelined.Store(true)
 	r.batch = r.buildBatch()
 	r.start = time.Now()

@@ -2,6 +2,8 @@ package loadgen
 
 import (
 	"bufio"
+	"bytes"
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -49,6 +51,26 @@ func NewMessage(size int64, from, to string) *Message {
 	}
 	return m
 }
+
+// MessageFromBytes returns a message that is b exactly (a whole message,
+// CRLF line ends, no end-of-data line): for a message prepared outside,
+// such as a DKIM-signed one. It refuses a message that would need
+// dot-stuffing or is not CRLF-terminated, since it is written as it is.
+func MessageFromBytes(b []byte) (*Message, error) {
+	if len(b) < 2 || !bytes.HasSuffix(b, []byte("\r\n")) {
+		return nil, errors.New("message must end with CRLF")
+	}
+	if bytes.HasPrefix(b, []byte(".")) || bytes.Contains(b, []byte("\n.")) {
+		return nil, errors.New("message has a line starting with '.' (it is sent without dot-stuffing)")
+	}
+	if len(b) > prebuiltMax {
+		return nil, errors.New("message larger than 16 MiB")
+	}
+	return &Message{size: int64(len(b)), whole: b}, nil
+}
+
+// Bytes is the whole message, nil for one larger than 16 MiB.
+func (m *Message) Bytes() []byte { return m.whole }
 
 // Size is the message's size in bytes.
 func (m *Message) Size() int64 { return m.size }
