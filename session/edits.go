@@ -156,6 +156,17 @@ func (t *Transaction) Message() *Message {
 	return t.sp.message(t.edits, t.body)
 }
 
+// ReceivedMessage returns the message as it was received (our Received:
+// field first), without any edit, or nil when it is not spooled: what a
+// check of the sender's own data reads, such as DKIM verification, which
+// an earlier judge's edit (a tag in the Subject) must not break.
+func (t *Transaction) ReceivedMessage() *Message {
+	if t.sp == nil {
+		return nil
+	}
+	return t.sp.message(nil, nil)
+}
+
 // Message is a message ready to read: ranges of the spool and the bytes
 // of added or changed fields, in order. Each Reader reads it from the
 // start, so a delivery that retries reads it again.

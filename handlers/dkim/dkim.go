@@ -104,7 +104,9 @@ type sigInfo struct {
 // returned (451 4.3.0).
 func (v *DKIM) EndOfMessage(ctx context.Context, s *session.Session) (*session.Reply, error) {
 	txn := s.Transaction()
-	m := txn.Message()
+	// The message as the sender sent it: an earlier judge's edit (a tag
+	// in the Subject, a removed field) must not break its signatures.
+	m := txn.ReceivedMessage()
 	if m == nil {
 		return nil, nil
 	}

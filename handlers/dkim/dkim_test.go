@@ -200,3 +200,33 @@ func TestCaddyfile(t *testing.T) {
 		t.Errorf("negative max_signatures: %v", err)
 	}
 }
+
+// TestEditsBeforeVerification: a judge placed before dkim that edits the
+// message (a tag in the Subject, a field on top) does not break its
+// signature: dkim verifies the message as it was received.
+func TestEditsBeforeVerification(t *testing.T) {
+	py := dkimtest.Python(t)
+	keys := dkimtest.GenKeys(t)
+	dns := dnstest.New(t)
+	dns.SetTXT("r1._domainkey.example.com", dkimtest.RSARecord(&keys.RSA.PublicKey))
+	rsaFile := dkimtest.WriteFile(t, "rsa.pem", dkimtest.PKCS1(keys.RSA))
+	signed := dkimtest.PySign(t, py, "r1", "example.com", rsaFile, "rsa-sha256", []byte(testMsg)) + testMsg
+
+	results := make(chan []authresults.Result, 1)
+	tagger := smtptest.Judge(func(s *session.Session) {
+		s.Transaction().ChangeHeader("Subject", 1, "[tagged] hello")
+		s.Transaction().PrependHeader("X-Scanned", "yes")
+	})
+	capture := smtptest.Judge(func(s *session.Session) {
+		results <- append([]authresults.Result(nil), authresults.Of(s)...)
+	})
+	srv := smtptest.ServeConfig(t, session.Config{Resolver: dns.Resolver()}, tagger, smtptest.Provisioned(t, &dkim.DKIM{}), capture)
+	c := srv.DialTCPHello()
+	if got := smtptest.Mail(c, signed, "bob@example.net"); !strings.HasPrefix(got, "250") {
+		t.Fatalf("message refused: %s", got)
+	}
+	rs := <-results
+	if len(rs) != 1 || rs[0].Value != "pass" {
+		t.Fatalf("results %+v, want one pass", rs)
+	}
+}
