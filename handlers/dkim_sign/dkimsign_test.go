@@ -25,33 +25,42 @@ const testMsg = "From: Alice <alice@Example.COM>\r\n" +
 	"\r\n\r\n"
 
 // signed is what one message became: the message after dkim_sign, and the
-// results of our verifier after it.
+// results of our verifier at the next hop.
 type signed struct {
 	msg     []byte
 	results []authresults.Result
 }
 
-// signAll sends each message through dkim_sign, an editing judge's
-// stand-in, then dkim, and returns what each became.
+// signAll sends each message through dkim_sign, then what it became
+// through a second server with dkim (the receiving MX, which verifies the
+// message as it receives it), and returns both for each.
 func signAll(t *testing.T, dns *dnstest.Server, g *dkimsign.Sign, msgs ...string) []signed {
 	t.Helper()
-	out := make(chan signed, len(msgs))
-	capture := smtptest.Judge(func(s *session.Session) {
+	bytesOut := make(chan []byte, len(msgs))
+	keep := smtptest.Judge(func(s *session.Session) {
 		b, err := s.Transaction().Message().Bytes()
 		if err != nil {
 			t.Error(err)
 		}
-		out <- signed{msg: b, results: append([]authresults.Result(nil), authresults.Of(s)...)}
+		bytesOut <- b
 	})
-	srv := smtptest.ServeConfig(t, session.Config{Resolver: dns.Resolver()},
-		smtptest.Provisioned(t, g), smtptest.Provisioned(t, &dkim.DKIM{}), capture)
-	c := srv.DialTCPHello()
+	resultsOut := make(chan []authresults.Result, len(msgs))
+	capture := smtptest.Judge(func(s *session.Session) {
+		resultsOut <- append([]authresults.Result(nil), authresults.Of(s)...)
+	})
+	signer := smtptest.ServeConfig(t, session.Config{Resolver: dns.Resolver()}, smtptest.Provisioned(t, g), keep)
+	verifier := smtptest.ServeConfig(t, session.Config{Resolver: dns.Resolver()}, smtptest.Provisioned(t, &dkim.DKIM{}), capture)
+	sc, vc := signer.DialTCPHello(), verifier.DialTCPHello()
 	var res []signed
 	for _, m := range msgs {
-		if got := smtptest.Mail(c, m, "bob@example.net"); !strings.HasPrefix(got, "250") {
+		if got := smtptest.Mail(sc, m, "bob@example.net"); !strings.HasPrefix(got, "250") {
 			t.Fatalf("message refused: %s", got)
 		}
-		res = append(res, <-out)
+		b := <-bytesOut
+		if got := smtptest.Mail(vc, string(b), "bob@example.net"); !strings.HasPrefix(got, "250") {
+			t.Fatalf("signed message refused at the next hop: %s", got)
+		}
+		res = append(res, signed{msg: b, results: <-resultsOut})
 	}
 	return res
 }
