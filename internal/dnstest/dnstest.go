@@ -49,15 +49,8 @@ func Start(tb testing.TB, records ...string) *Server {
 		tb.Fatal(err)
 	}
 	s.negative = soa
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
+	pc, ln := listenBoth(tb)
 	s.Addr = pc.LocalAddr().String()
-	ln, err := net.Listen("tcp", s.Addr)
-	if err != nil {
-		tb.Fatal(err)
-	}
 	for _, srv := range []*dns.Server{
 		{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, m *dns.Msg) { s.serve(w, m, false) })},
 		{Listener: ln, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, m *dns.Msg) { s.serve(w, m, true) })},
@@ -205,6 +198,28 @@ func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg, tcp bool) {
 		m.Answer = answer
 	}
 	w.WriteMsg(m)
+}
+
+// listenBoth listens on one loopback port over UDP and TCP. The UDP port
+// is chosen by the system, and the same TCP port may be taken by another
+// test process meanwhile: then another port is tried.
+func listenBoth(tb testing.TB) (net.PacketConn, net.Listener) {
+	tb.Helper()
+	var lastErr error
+	for range 20 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln
+		}
+		pc.Close()
+		lastErr = err
+	}
+	tb.Fatalf("no loopback port free over both UDP and TCP: %v", lastErr)
+	return nil, nil
 }
 
 // Silent returns the address of a UDP socket on 127.0.0.1 that reads
