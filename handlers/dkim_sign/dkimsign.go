@@ -51,6 +51,7 @@ import (
 	msgdkim "github.com/emersion/go-msgauth/dkim"
 	"go.uber.org/zap"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/caddyopt"
 	"github.com/caddy-esmtp/caddy-esmtp/internal/mailheader"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
@@ -367,13 +368,12 @@ func (g *Sign) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		g.Keys = append(g.Keys, Key{Domain: args[0], Selector: args[1], KeyFile: args[2]})
 	}
-	seen := map[string]bool{}
+	opts := caddyopt.New("dkim_sign", "key")
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		if seen[opt] && opt != "key" {
-			return d.Errf("dkim_sign: %s: given twice", opt)
+		if err := opts.Once(d); err != nil {
+			return err
 		}
-		seen[opt] = true
 		switch opt {
 		case "key":
 			args := d.RemainingArgs()

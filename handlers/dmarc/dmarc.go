@@ -52,6 +52,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-esmtp/caddy-esmtp/authresults"
+	"github.com/caddy-esmtp/caddy-esmtp/internal/caddyopt"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -233,13 +234,12 @@ func (h *DMARC) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := map[string]bool{}
+	opts := caddyopt.New("dmarc")
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		if seen[opt] {
-			return d.Errf("dmarc: %s: given twice", opt)
+		if err := opts.Once(d); err != nil {
+			return err
 		}
-		seen[opt] = true
 		switch opt {
 		case "enforce":
 			var v string

@@ -3,9 +3,10 @@ package dmarc
 import (
 	"fmt"
 
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"strings"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/caddy-esmtp/caddy-esmtp/authresults"
 	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"

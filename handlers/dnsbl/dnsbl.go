@@ -42,6 +42,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/caddyopt"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -331,7 +332,7 @@ func reverse(ip netip.Addr) string {
 func (b *DNSBL) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the sub-handler name
 
-	seen := map[string]bool{} // the options given, each at most once
+	opts := caddyopt.New("dnsbl", "zone", "zones") // the options given, each at most once
 	addZones := func(zones []string) error {
 		for _, z := range zones {
 			if _, err := checkZone(z); err != nil {
@@ -346,10 +347,9 @@ func (b *DNSBL) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		if seen[opt] && opt != "zone" && opt != "zones" {
-			return d.Errf("dnsbl: %s: given twice", opt)
+		if err := opts.Once(d); err != nil {
+			return err
 		}
-		seen[opt] = true
 		switch opt {
 		case "zone", "zones":
 			args := d.RemainingArgs()

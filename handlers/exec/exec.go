@@ -64,6 +64,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/caddyopt"
 	"github.com/caddy-esmtp/caddy-esmtp/placeholders"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
@@ -356,13 +357,12 @@ func (e *Exec) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if args := d.RemainingArgs(); len(args) > 0 {
 		e.Command, e.Args = args[0], args[1:]
 	}
-	seen := map[string]bool{} // the options given, each at most once
+	opts := caddyopt.New("exec", "command") // command: checked below, with the arguments
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		if seen[opt] && opt != "command" { // command: checked below, with the arguments
-			return d.Errf("exec: %s: given twice", opt)
+		if err := opts.Once(d); err != nil {
+			return err
 		}
-		seen[opt] = true
 		switch opt {
 		case "command":
 			args := d.RemainingArgs()

@@ -54,6 +54,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/caddyopt"
 	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
@@ -500,13 +501,12 @@ func (g *Greylist) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := map[string]bool{} // the options given, each at most once
+	opts := caddyopt.New("greylist", "exempt")
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		if seen[opt] && opt != "exempt" {
-			return d.Errf("greylist: %s: given twice", opt)
+		if err := opts.Once(d); err != nil {
+			return err
 		}
-		seen[opt] = true
 		switch opt {
 		case "delay", "expire", "keep":
 			var v string

@@ -46,6 +46,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-esmtp/caddy-esmtp/authresults"
+	"github.com/caddy-esmtp/caddy-esmtp/internal/caddyopt"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -215,13 +216,12 @@ func (v *IPRev) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		v.RejectFail = true
 	}
-	seen := map[string]bool{}
+	opts := caddyopt.New("iprev")
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		if seen[opt] {
-			return d.Errf("iprev: %s: given twice", opt)
+		if err := opts.Once(d); err != nil {
+			return err
 		}
-		seen[opt] = true
 		switch opt {
 		case "reject_fail":
 			if d.NextArg() {

@@ -59,6 +59,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/caddyopt"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -574,12 +575,11 @@ func (m *Maildir) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	// Each option is given at most once; path in the block replaces the
 	// argument after maildir.
-	seen := map[string]bool{}
+	opts := caddyopt.New("maildir")
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		if seen[d.Val()] {
-			return d.Errf("maildir: %s: given twice", d.Val())
+		if err := opts.Once(d); err != nil {
+			return err
 		}
-		seen[d.Val()] = true
 		switch d.Val() {
 		case "path":
 			if !d.AllArgs(&m.Path) {

@@ -5,6 +5,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-esmtp/caddy-esmtp/internal/caddyopt"
 )
 
 // UnmarshalCaddyfile sets up the sub-handler from Caddyfile tokens. Syntax:
@@ -33,20 +35,19 @@ import (
 func (r *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the sub-handler name
 
-	seen := map[string]bool{} // the options given, each at most once
+	opts := caddyopt.New("relay", "domains", "relay_networks") // the options given, each at most once
 	if d.NextArg() {
 		r.To = d.Val()
-		seen["to"] = true
+		opts.Mark("to")
 		if d.NextArg() {
 			return d.ArgErr()
 		}
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		if seen[opt] && opt != "domains" && opt != "relay_networks" {
-			return d.Errf("relay: %s: given twice", opt)
+		if err := opts.Once(d); err != nil {
+			return err
 		}
-		seen[opt] = true
 		switch opt {
 		case "to", "auth_user", "auth_password", "tls_server_name", "tls_ca", "resolver":
 			var v string

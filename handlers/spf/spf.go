@@ -55,6 +55,7 @@ import (
 	"golang.org/x/net/idna"
 
 	"github.com/caddy-esmtp/caddy-esmtp/authresults"
+	"github.com/caddy-esmtp/caddy-esmtp/internal/caddyopt"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -288,13 +289,12 @@ func (h *SPF) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := map[string]bool{}
+	opts := caddyopt.New("spf")
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		if seen[opt] {
-			return d.Errf("spf: %s: given twice", opt)
+		if err := opts.Once(d); err != nil {
+			return err
 		}
-		seen[opt] = true
 		flag := func(p *bool) error {
 			if d.NextArg() {
 				return d.ArgErr()

@@ -7,6 +7,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-esmtp/caddy-esmtp/internal/caddyopt"
 )
 
 // UnmarshalCaddyfile sets up the sub-handler from Caddyfile tokens. Syntax:
@@ -28,20 +30,19 @@ import (
 func (w *Webhook) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the sub-handler name
 
-	seen := map[string]bool{} // the options given, each at most once
+	opts := caddyopt.New("webhook", "header", "permanent_statuses") // the options given, each at most once
 	if d.NextArg() {
 		w.URL = d.Val()
-		seen["url"] = true
+		opts.Mark("url")
 		if d.NextArg() {
 			return d.ArgErr()
 		}
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		if seen[opt] && opt != "header" && opt != "permanent_statuses" {
-			return d.Errf("webhook: %s: given twice", opt)
+		if err := opts.Once(d); err != nil {
+			return err
 		}
-		seen[opt] = true
 		switch opt {
 		case "url", "format", "secret", "temp_dir":
 			var v string
