@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
 	"go.uber.org/zap"
 )
 
@@ -112,7 +113,7 @@ func (srv *Server) track(s *Session) *Reply {
 	}
 	s.ip = remoteIP(s.remote)
 	s.counts = srv.countsFor(s.local)
-	s.perIP = s.ip.IsValid() && !inPrefixes(s.ip, srv.cfg.XClientNetworks)
+	s.perIP = s.ip.IsValid() && !clientnet.Contains(srv.cfg.XClientNetworks, s.ip)
 	if r := s.counts.add(s.ip, s.perIP, srv.cfg.MaxConnections, srv.cfg.MaxConnectionsPerIP); r != nil {
 		return r
 	}
@@ -273,14 +274,4 @@ func (srv *Server) Sessions() int {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	return len(srv.sessions)
-}
-
-// inPrefixes reports whether ip is in one of the prefixes.
-func inPrefixes(ip netip.Addr, prefixes []netip.Prefix) bool {
-	for _, p := range prefixes {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
 }

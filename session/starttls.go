@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
 	"go.uber.org/zap"
 )
 
@@ -78,11 +79,7 @@ func (s *Session) xclientAllowed() bool {
 	if len(s.cfg.XClientNetworks) == 0 {
 		return false
 	}
-	ap, err := netip.ParseAddrPort(addrString(s.remote))
-	if err != nil {
-		return false
-	}
-	return inPrefixes(ap.Addr().Unmap(), s.cfg.XClientNetworks)
+	return clientnet.Contains(s.cfg.XClientNetworks, s.RemoteIP())
 }
 
 // cmdXClient handles Postfix's XCLIENT: a trusted proxy passes on the
