@@ -1,13 +1,12 @@
 package spf
 
 import (
-	"context"
 	"net"
-	"strings"
-	"sync"
 	"testing"
 
 	"github.com/miekg/dns"
+
+	"github.com/caddy-esmtp/caddy-esmtp/internal/dnstest"
 )
 
 // zone is what the test DNS server answers: records by owner name
@@ -20,81 +19,46 @@ type node struct {
 	txt   [][]string // one []string per TXT record (its character-strings)
 	a     []string
 	mx    []string // exchange names
-	rcode int      // non-zero: answered with this rcode for every type
+	rcode int      // dns.RcodeServerFailure: SERVFAIL for every type
 	drop  bool     // never answered: the client times out
 }
 
-// dnsServer is an authoritative DNS server on loopback UDP.
-type dnsServer struct {
-	addr    string
-	mu      sync.Mutex
-	queries map[string]int // per name
-}
+// dnsServer is the project's test DNS server serving a zone.
+type dnsServer struct{ *dnstest.Server }
 
 // startDNS serves z until the test ends.
 func startDNS(t testing.TB, z zone) *dnsServer {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ds := &dnsServer{addr: pc.LocalAddr().String(), queries: map[string]int{}}
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
-		q := req.Question[0]
-		name := strings.TrimSuffix(strings.ToLower(q.Name), ".")
-		ds.mu.Lock()
-		ds.queries[name]++
-		ds.mu.Unlock()
-		n := z[name]
-		if n != nil && n.drop {
-			return
+	ds := &dnsServer{dnstest.Start(t)}
+	for name, n := range z {
+		fqdn := dns.Fqdn(name)
+		hdr := func(rrtype uint16) dns.RR_Header {
+			return dns.RR_Header{Name: fqdn, Class: dns.ClassINET, Ttl: 60, Rrtype: rrtype}
 		}
-		m := new(dns.Msg)
-		m.SetReply(req)
-		m.Authoritative = true
-		hdr := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Ttl: 60, Rrtype: q.Qtype}
+		ds.Exists(name)
 		switch {
-		case n == nil:
-			m.Rcode = dns.RcodeNameError
+		case n.drop:
+			ds.Drop(name)
+		case n.rcode == dns.RcodeServerFailure:
+			ds.ServFail(name)
 		case n.rcode != 0:
-			m.Rcode = n.rcode
-		case q.Qtype == dns.TypeTXT:
-			for _, txt := range n.txt {
-				m.Answer = append(m.Answer, &dns.TXT{Hdr: hdr, Txt: txt})
-			}
-		case q.Qtype == dns.TypeA:
-			for _, a := range n.a {
-				m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: net.ParseIP(a)})
-			}
-		case q.Qtype == dns.TypeMX:
-			for i, mx := range n.mx {
-				m.Answer = append(m.Answer, &dns.MX{Hdr: hdr, Preference: uint16(10 * (i + 1)), Mx: dns.Fqdn(mx)})
-			}
+			t.Fatalf("zone: %s: rcode %d is not served", name, n.rcode)
 		}
-		w.WriteMsg(m)
-	})}
-	started := make(chan struct{})
-	srv.NotifyStartedFunc = func() { close(started) }
-	go srv.ActivateAndServe()
-	<-started
-	t.Cleanup(func() { srv.Shutdown() })
+		for _, txt := range n.txt {
+			ds.Add(&dns.TXT{Hdr: hdr(dns.TypeTXT), Txt: txt})
+		}
+		for _, a := range n.a {
+			ds.Add(&dns.A{Hdr: hdr(dns.TypeA), A: net.ParseIP(a)})
+		}
+		for i, mx := range n.mx {
+			ds.Add(&dns.MX{Hdr: hdr(dns.TypeMX), Preference: uint16(10 * (i + 1)), Mx: dns.Fqdn(mx)})
+		}
+	}
 	return ds
 }
 
 // resolver is a resolver that asks only ds.
-func (ds *dnsServer) resolver() *net.Resolver {
-	var d net.Dialer
-	return &net.Resolver{
-		PreferGo: true,
-		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, "udp", ds.addr)
-		},
-	}
-}
+func (ds *dnsServer) resolver() *net.Resolver { return ds.Resolver() }
 
-// count returns how often name was asked.
-func (ds *dnsServer) count(name string) int {
-	ds.mu.Lock()
-	defer ds.mu.Unlock()
-	return ds.queries[name]
-}
+// count returns how often name was asked, whatever the type.
+func (ds *dnsServer) count(name string) int { return ds.QueriesAll(name) }

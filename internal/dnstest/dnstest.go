@@ -28,6 +28,7 @@ type Server struct {
 	mu       sync.Mutex
 	records  []dns.RR
 	special  map[string]string // name (lower case, final dot) -> "servfail", "drop", "truncate"
+	exists   map[string]bool   // names without records that answer NODATA, not NXDOMAIN
 	queries  map[query]int
 	overTCP  int
 	negative dns.RR
@@ -42,7 +43,7 @@ type query struct {
 // 192.0.2.1") until the test ends.
 func Start(tb testing.TB, records ...string) *Server {
 	tb.Helper()
-	s := &Server{special: map[string]string{}, queries: map[query]int{}}
+	s := &Server{special: map[string]string{}, exists: map[string]bool{}, queries: map[query]int{}}
 	s.Set(tb, records...)
 	soa, err := dns.NewRR(NegativeSOA)
 	if err != nil {
@@ -117,6 +118,21 @@ func (s *Server) Set(tb testing.TB, records ...string) {
 	s.mu.Unlock()
 }
 
+// Add serves rrs too, in addition to the records served so far.
+func (s *Server) Add(rrs ...dns.RR) {
+	s.mu.Lock()
+	s.records = append(s.records, rrs...)
+	s.mu.Unlock()
+}
+
+// Exists makes name, without records of its own, answer NODATA (NOERROR
+// and no answer) rather than NXDOMAIN.
+func (s *Server) Exists(name string) {
+	s.mu.Lock()
+	s.exists[strings.ToLower(dns.Fqdn(name))] = true
+	s.mu.Unlock()
+}
+
 // ServFail makes the server answer SERVFAIL for name.
 func (s *Server) ServFail(name string) { s.mark(name, "servfail") }
 
@@ -139,6 +155,20 @@ func (s *Server) Queries(name string, qtype uint16) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.queries[query{strings.ToLower(dns.Fqdn(name)), qtype}]
+}
+
+// QueriesAll returns how many queries for name, of any type, the server
+// received.
+func (s *Server) QueriesAll(name string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, fqdn := 0, strings.ToLower(dns.Fqdn(name))
+	for q, c := range s.queries {
+		if q.name == fqdn {
+			n += c
+		}
+	}
+	return n
 }
 
 // TCPQueries returns how many queries came over TCP.
@@ -167,7 +197,7 @@ func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg, tcp bool) {
 		what = "servfail"
 	}
 	var answer []dns.RR
-	known := false
+	known := s.exists[name]
 	for _, rr := range s.records {
 		if strings.EqualFold(rr.Header().Name, q.Name) {
 			known = true
