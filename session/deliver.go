@@ -42,6 +42,9 @@ func (s *Session) delivered(to Path) bool {
 func (s *Session) judgeAndDeliver() *Reply {
 	var accepted *Reply // the first judge's 2xx, if any gave one
 	for _, hk := range s.srv.hooks.message {
+		if s.txn.discard != "" {
+			break
+		}
 		r := s.inView(hk.match, hk.slot, func() *Reply {
 			return invoke(s, "end of message", hk, nil, func(ctx context.Context, h MessageHook) (*Reply, error) {
 				return h.EndOfMessage(ctx, s)
@@ -54,6 +57,9 @@ func (s *Session) judgeAndDeliver() *Reply {
 		case accepted == nil:
 			accepted = r
 		}
+	}
+	if s.txn.discard != "" {
+		return NewReply(250, "2.0.0", s.txn.ID+" Message accepted for delivery")
 	}
 	if r := s.runDeliveries(); r != nil {
 		return r

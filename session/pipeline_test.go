@@ -412,3 +412,56 @@ func TestMatcherNotComparable(t *testing.T) {
 		t.Fatalf("delivered to %v", d.Recipients)
 	}
 }
+
+// TestDiscardAndQuarantine: a discarded message gets 250, reaches no
+// delivery and no later judge; a quarantined one is delivered with the
+// mark on top, once however many judges quarantine it.
+func TestDiscardAndQuarantine(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		first     func(*Transaction)
+		delivered bool
+		top       string
+	}{
+		{"discard", func(t *Transaction) { t.Discard("milter spamtrap") }, false, ""},
+		{"quarantine", func(t *Transaction) { t.Quarantine("milter: review") }, true, "X-Esmtp-Quarantine: milter: review\r\nReceived: "},
+		{"later judge quarantines", func(*Transaction) {}, true, "X-Esmtp-Quarantine: second reason, not kept\r\nReceived: "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &capture{}
+			laterAsked := false
+			ts := start(t, Config{Handlers: []SubHandler{
+				{Name: "first", Handler: judge(func(s *Session) *Reply { tc.first(s.Transaction()); return nil })},
+				{Name: "later", Handler: judge(func(s *Session) *Reply {
+					laterAsked = true
+					s.Transaction().Quarantine("second reason, not kept")
+					return nil
+				})},
+				{Name: "deliver", Handler: c},
+			}})
+			ts.ehlo()
+			ts.mailTo("x@example.test")
+			ts.cmd("DATA", 354, "")
+			ts.sendRaw(stuff("Subject: x\r\n\r\nbody\r\n"))
+			ts.expect(250, "2.0.0")
+			ts.cmd("QUIT", 221, "2.0.0")
+			ts.wait()
+			c.mu.Lock()
+			n := len(c.got)
+			c.mu.Unlock()
+			if got := n > 0; got != tc.delivered {
+				t.Fatalf("delivered %v, want %v", got, tc.delivered)
+			}
+			if laterAsked != tc.delivered {
+				t.Fatalf("later judge asked %v, want %v", laterAsked, tc.delivered)
+			}
+			if !tc.delivered {
+				return
+			}
+			_, msg := c.last(t)
+			if !strings.HasPrefix(msg, tc.top) || strings.Count(msg, QuarantineField) > 1 {
+				t.Fatalf("delivered message starts %q, want %q and one mark at most", msg[:min(len(msg), 80)], tc.top)
+			}
+		})
+	}
+}

@@ -94,8 +94,10 @@ type Transaction struct {
 	// transactions' recipients cost no allocation of their own.
 	firstRecipients [2]Recipient
 	values          map[any]any
-	chunking        bool // a BDAT started the data
-	refused         int  // RCPTs refused by a sub-handler
+	chunking        bool   // a BDAT started the data
+	refused         int    // RCPTs refused by a sub-handler
+	discard         string // why the message is discarded (Discard)
+	quarantine      string // why the message is quarantined (Quarantine)
 
 	sp    *spool        // the message, when some sub-handler reads it
 	body  *spool        // a replaced body

@@ -60,14 +60,12 @@ func init() {
 	caddy.RegisterModule(&DMARC{})
 }
 
-// QuarantineHeader is the field put on top of a message that the DMARC
-// policy of its From domain says to quarantine, with the value
-// QuarantineValue: what a Maildir filter (Sieve, procmail) or a later
+// QuarantineReason is the reason a message that the DMARC policy of its
+// From domain says to quarantine is quarantined with
+// (session.Transaction.Quarantine): the field "X-Esmtp-Quarantine: dmarc"
+// on top of it, which a Maildir filter (Sieve, procmail) or a later
 // sub-handler can act on.
-const (
-	QuarantineHeader = "X-Esmtp-Quarantine"
-	QuarantineValue  = "dmarc"
-)
+const QuarantineReason = "dmarc"
 
 // DMARC checks messages against the DMARC policy of their From domain.
 type DMARC struct {
@@ -185,7 +183,7 @@ func (h *DMARC) EndOfMessage(ctx context.Context, s *session.Session) (*session.
 	case dmarc.PolicyReject:
 		return session.NewReply(550, "5.7.1", "Message rejected by the DMARC policy of "+from), nil
 	case dmarc.PolicyQuarantine:
-		txn.PrependHeader(QuarantineHeader, QuarantineValue)
+		txn.Quarantine(QuarantineReason)
 	}
 	return nil, nil
 }
