@@ -15,8 +15,8 @@ import (
 
 // Special answers of the test server.
 const (
-	hang      = "\x00hang"      // read the request, never answer (until the test ends)
-	hangUp    = "\x00hang up"   // read the request, close the connection
+	hang      = "\x00hang"       // read the request, never answer (until the test ends)
+	hangUp    = "\x00hang up"    // read the request, close the connection
 	closeIdle = "\x00close idle" // answer DUNNO, then close the connection
 )
 
