@@ -24,8 +24,8 @@ type Postgrey struct {
 // database in a private directory, greylisting for delay seconds (1 or
 // more: postgrey takes 0 as its default, 300), with no whitelist and no
 // automatic whitelisting of clients, so that every new triplet is
-// greylisted. As root it runs as the postgrey user (--user, --group);
-// otherwise as the current user. It is stopped when the test ends.
+// greylisted. As root it runs as the postgrey user; otherwise as the
+// current user (given to --user and --group either way). It is stopped when the test ends.
 func StartPostgrey(tb testing.TB, delay int) *Postgrey {
 	tb.Helper()
 	if delay < 1 {
@@ -50,13 +50,13 @@ func StartPostgrey(tb testing.TB, delay int) *Postgrey {
 		"--hostname=postgrey.test",
 		"--verbose",
 	}
-	if os.Geteuid() == 0 {
-		group := a.Name
-		if g, err := user.LookupGroupId(strconv.Itoa(a.GID)); err == nil {
-			group = g.Name
-		}
-		args = append(args, "--user="+a.Name, "--group="+group)
+	// Always name the user and group: postgrey's default (postgrey) makes
+	// it try to switch, which fails when it is not started as root.
+	group := strconv.Itoa(a.GID)
+	if g, err := user.LookupGroupId(group); err == nil {
+		group = g.Name
 	}
+	args = append(args, "--user="+a.Name, "--group="+group)
 	cmd := Command(a, prog, args...)
 	cmd.Dir = dir
 	p := Start(tb, cmd, Dials("tcp", addr))
