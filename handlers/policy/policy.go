@@ -67,7 +67,8 @@
 //
 // The actions of a message are on its log line as policy_action, in the
 // order of the requests (all the policy sub-handlers together), such as
-// "DEFER_IF_PERMIT" or "DUNNO,PREPEND"; a refusal at MAIL, RCPT or DATA,
+// "DEFER_IF_PERMIT" or "DUNNO,PREPEND" ("error" for a failed request, and
+// policy_error with the first failure); a refusal at MAIL, RCPT or DATA,
 // which has no message line, is logged at info as "policy refused".
 package policy
 
@@ -324,6 +325,9 @@ func (p *Policy) check(ctx context.Context, s *session.Session, rcpt *session.Pa
 			txn.Discard(reason)
 		}
 		return p.accepted()
+	case kindDeferIfReject:
+		// No opinion: the later sub-handlers' replies stand (see the
+		// package documentation).
 	case kindUnsupported:
 		p.logger.Warn("policy server's action is not supported here: taken as DUNNO",
 			p.fields(s, rcpt, zap.String("action", a.Name), zap.String("text", session.Sanitize(a.Text, 256)))...)
@@ -352,9 +356,9 @@ func (p *Policy) accepted() *session.Reply {
 
 // failed applies on_error to an error.
 func (p *Policy) failed(s *session.Session, rcpt *session.Path, err error) *session.Reply {
-	record(s, "error")
-	if txn := s.Transaction(); txn != nil && p.At == atEndOfData {
-		txn.AddLogField(zap.String("policy_error", err.Error()))
+	if a := record(s, "error"); a != nil && !a.failed {
+		a.failed = true
+		s.Transaction().AddLogField(zap.String("policy_error", err.Error()))
 	}
 	fields := p.fields(s, rcpt, zap.String("on_error", p.OnError), zap.Error(err))
 	switch p.OnError {
@@ -394,15 +398,19 @@ type actionsKey struct{}
 
 // actions are the actions of one message's requests, in order, for its
 // log line (one policy_action field, however many requests).
-type actions struct{ names []string }
+type actions struct {
+	names  []string
+	failed bool // policy_error is on the line
+}
 
 func (a *actions) String() string { return strings.Join(a.names, ",") }
 
-// record adds an action to the transaction's policy_action log field.
-func record(s *session.Session, name string) {
+// record adds an action to the transaction's policy_action log field
+// and returns the transaction's actions (nil without a transaction).
+func record(s *session.Session, name string) *actions {
 	txn := s.Transaction()
 	if txn == nil {
-		return
+		return nil
 	}
 	a, _ := txn.Value(actionsKey{}).(*actions)
 	if a == nil {
@@ -411,6 +419,7 @@ func record(s *session.Session, name string) {
 		txn.AddLogField(zap.Stringer("policy_action", a))
 	}
 	a.names = append(a.names, name)
+	return a
 }
 
 // UnmarshalCaddyfile sets up the sub-handler from Caddyfile tokens. Syntax:

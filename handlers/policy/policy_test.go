@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
@@ -498,5 +501,42 @@ func TestProvision(t *testing.T) {
 		if err := smtptest.Provision(&tc.p); err == nil || !strings.Contains(err.Error(), tc.err) {
 			t.Errorf("%+v: error %v, want %q", tc.p, err, tc.err)
 		}
+	}
+}
+
+// TestLogFields: the message's log line has the actions of its
+// requests in order as policy_action, and a failure's reason as
+// policy_error (here failing open).
+func TestLogFields(t *testing.T) {
+	var n atomic.Int32
+	ps := startServer(t, func(map[string]string) string {
+		switch n.Add(1) {
+		case 1:
+			return "action=PREPEND X-A: b\n\n"
+		case 2:
+			return "action=DUNNO\n\n"
+		}
+		return "nonsense\n\n"
+	})
+	p := provisioned(t, &Policy{Address: ps.addr, OnError: onErrorAccept})
+	core, logs := observer.New(zap.InfoLevel)
+	srv := smtptest.ServeConfig(t, session.Config{Logger: zap.New(core)}, p)
+	c := srv.Dial(clientAddr)
+	c.Cmd("MAIL FROM:<s@example.test>", "250")
+	for _, r := range []string{"a", "b", "c"} {
+		c.Cmd("RCPT TO:<"+r+"@example.test>", "250")
+	}
+	c.Cmd("DATA", "354")
+	c.Send(message + ".\r\n")
+	c.Expect("250 2.0.0")
+	c.Cmd("QUIT", "221")
+	srv.Close()
+	lines := logs.FilterMessage("message").All()
+	if len(lines) != 1 {
+		t.Fatalf("%d message lines, want 1", len(lines))
+	}
+	m := lines[0].ContextMap()
+	if m["policy_action"] != "PREPEND,DUNNO,error" || !strings.Contains(fmt.Sprint(m["policy_error"]), "not name=value") {
+		t.Errorf("policy_action %q, policy_error %q", m["policy_action"], m["policy_error"])
 	}
 }
