@@ -42,6 +42,7 @@ import (
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/recipients"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/relay"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/reply"
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/rspamd"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/senders"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/spf"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/webhook"
