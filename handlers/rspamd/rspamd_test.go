@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
+	"github.com/caddy-esmtp/caddy-esmtp/authresults"
 	"github.com/caddy-esmtp/caddy-esmtp/internal/filtertest"
 	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
@@ -230,15 +231,19 @@ func TestMilterHeaders(t *testing.T) {
 
 // TestOwnAuthenticationResults: rspamd's "remove every
 // Authentication-Results" keeps the field of our own authserv-id that
-// the authentication sub-handlers add, and removes the others.
+// the authentication sub-handlers add (package authresults), and removes
+// the others; without such results, it removes every one.
 func TestOwnAuthenticationResults(t *testing.T) {
 	si := startStandIn(t, 200, `{"action":"no action","milter":{"remove_headers":{"Authentication-Results":0}}}`)
 	msg := "Authentication-Results: other.example; spf=pass\r\n" + message
-	record := smtptest.Judge(func(s *session.Session) {
-		s.Transaction().PrependHeader("Authentication-Results", smtptest.Hostname+"; spf=pass smtp.mailfrom=sender@example.test")
+	spf := smtptest.Judge(func(s *session.Session) {
+		authresults.Add(s, authresults.Result{Method: "spf", Value: "pass"})
 	})
-	// Without a result recorded through authresults, every field goes.
-	out := send(t, &Rspamd{URL: si.srv.URL}, msg, record)
+	out := send(t, &Rspamd{URL: si.srv.URL}, msg, spf)
+	if ar := fieldsNamed(out.delivered, "Authentication-Results"); !slices.Equal(ar, []string{smtptest.Hostname + ";\tspf=pass"}) {
+		t.Errorf("Authentication-Results: %q", ar)
+	}
+	out = send(t, &Rspamd{URL: si.srv.URL}, msg)
 	if ar := fieldsNamed(out.delivered, "Authentication-Results"); len(ar) != 0 {
 		t.Errorf("Authentication-Results left: %q", ar)
 	}
