@@ -80,7 +80,11 @@ const (
 	editInsert
 	// editInsertFromEnd adds a field before the (count+Index+1)-th field
 	// (Index < 0; -1: after the last), or at the top when -Index is over
-	// the count of fields (rspamd's negative "order").
+	// the count of fields (rspamd's negative "order"). The count is that
+	// of the header when the field is added (rspamd's fields, less those
+	// removed, plus those added before): -1 is the last field, as rspamd
+	// means it (its milter proxy counts the header it received, so that
+	// fields inserted before can move such a field up in the header).
 	editInsertFromEnd
 )
 
@@ -349,9 +353,33 @@ func (v *verdict) apply(s *session.Session, h *Rspamd, msg *session.Message) *se
 		}
 		return counts
 	}
+	// The removals come first, then the additions: the header has the
+	// fields rspamd saw, less those removed, plus those added so far.
+	var removals []edit
+	added := 0
+	current := func() int {
+		c := count()
+		n := c.total + added
+		seen := map[string]int{}
+		for _, e := range removals {
+			name := strings.ToLower(e.Name)
+			left := c.byName[name] - seen[name]
+			switch {
+			case left <= 0:
+			case e.N == 0:
+				n -= left
+				seen[name] += left
+			case e.N > 0 && e.N <= c.byName[name], e.N < 0 && -e.N <= c.byName[name]:
+				n--
+				seen[name]++
+			}
+		}
+		return max(n, 0)
+	}
 	for _, e := range v.Edits {
 		switch e.Op {
 		case editRemove:
+			removals = append(removals, e)
 			switch {
 			case e.N == 0:
 				txn.DeleteHeaderWhere(e.Name, notOurs(s, e.Name))
@@ -364,14 +392,19 @@ func (v *verdict) apply(s *session.Session, h *Rspamd, msg *session.Message) *se
 			}
 		case editAdd:
 			txn.AppendHeader(e.Name, e.Value)
+			added++
 		case editInsert:
 			txn.InsertHeader(e.Index, e.Name, e.Value)
+			added++
 		case editInsertFromEnd:
-			if n := count().total; -e.Index <= n {
+			if e.Index == -1 {
+				txn.AppendHeader(e.Name, e.Value) // no need to count
+			} else if n := current(); -e.Index <= n {
 				txn.InsertHeader(n+e.Index+1, e.Name, e.Value)
 			} else {
 				txn.InsertHeader(0, e.Name, e.Value)
 			}
+			added++
 		}
 	}
 	if v.NoAction {

@@ -196,7 +196,8 @@ func TestMilterHeaders(t *testing.T) {
 			"X-Plain":"plain",
 			"X-List":["one",{"value":"two"}],
 			"Bad Name":"x",
-			"X-No-Value":{"order":1}
+			"X-No-Value":{"order":1},
+			"X-Before-Last":{"value":"bl","order":-2}
 		}},
 		"dkim-signature":"v=1; a=rsa-sha256; d=example.test; b=abc"}`
 	si := startStandIn(t, 200, reply)
@@ -209,7 +210,8 @@ func TestMilterHeaders(t *testing.T) {
 	// in rspamd's order (as a milter's do): Authentication-Results at 1
 	// follows Received:, then X-Top at 0 precedes it, then the
 	// DKIM-Signature at 1 follows X-Top; -1 is after the last field,
-	// as the strings and the list are.
+	// as the strings and the list are, and -2 before the last field of
+	// the header as it is then.
 	want := []string{
 		"X-Top:top",
 		"DKIM-Signature:v=1; a=rsa-sha256; d=example.test; b=abc",
@@ -217,7 +219,7 @@ func TestMilterHeaders(t *testing.T) {
 		"Authentication-Results:mx.example.test;\tnone",
 		"X-A:1", "X-A:3", "Subject:s",
 		"X-Spamd-Result:default: False [0.5 / 15.0];\tSYM(0.5)[]",
-		"X-Plain:plain", "X-List:one", "X-List:two",
+		"X-Plain:plain", "X-List:one", "X-Before-Last:bl", "X-List:two",
 	}
 	for i := range got {
 		if strings.HasPrefix(got[i], "Received:") {
