@@ -55,7 +55,7 @@ func TestRspamd(t *testing.T) {
 		"\r\nX-Rspamd-Queue-Id: " + qid + "\r\n",
 		"\r\nAuthentication-Results: mx.example.test;",
 	} {
-		if !strings.Contains("\r\n"+head, want) {
+		if !strings.Contains("\r\n"+head+"\r\n", want) {
 			t.Errorf("delivered copy lacks %q:\n%s", want, head)
 		}
 	}
