@@ -120,38 +120,24 @@ func startRspamd(tb testing.TB, bin string) *Rspamd {
 	r := &Rspamd{
 		URL:           "http://" + FreePort(tb),
 		Milter:        FreePort(tb),
-		SpamHeader:    "X-Spam",
-		RejectMessage: "Spam message rejected",
+		SpamHeader:    rspamdSpamHeader,
+		RejectMessage: rspamdRejectMessage,
 		Dir:           dir,
 	}
-	local := filepath.Join(dir, "local.d")
-	for _, d := range []string{local, filepath.Join(dir, "db"), filepath.Join(dir, "run")} {
+	cfg := NewRspamdConfig(dir, r.URL[len("http://"):], r.Milter)
+	for _, d := range cfg.Dirs {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			tb.Fatal(err)
 		}
 		Own(tb, acct, d)
 	}
-	files := map[string]string{
-		filepath.Join(dir, "rspamd.conf"):           fmt.Sprintf(rspamdConf, r.URL[len("http://"):], r.Milter, r.SpamHeader, r.RejectMessage),
-		filepath.Join(local, "options.inc"):         rspamdOptions,
-		filepath.Join(local, "milter_headers.conf"): rspamdMilterHeaders,
-	}
-	for _, m := range rspamdDisabled {
-		files[filepath.Join(local, m+".conf")] = "enabled = false;\n"
-	}
-	for name, text := range files {
+	for name, text := range cfg.Files {
 		if err := os.WriteFile(name, []byte(text), 0o644); err != nil {
 			tb.Fatal(err)
 		}
 		Own(tb, acct, name)
 	}
-
-	args := []string{"-f", "-c", filepath.Join(dir, "rspamd.conf"),
-		"--var=LOCAL_CONFDIR=" + dir,
-		"--var=DBDIR=" + filepath.Join(dir, "db"),
-		"--var=RUNDIR=" + filepath.Join(dir, "run"),
-		"--var=LOGDIR=" + dir,
-	}
+	args := append([]string{"-f"}, cfg.Args...)
 	self := acct
 	if acct.Switches() {
 		// rspamd switches itself after reading its configuration; the
@@ -186,6 +172,51 @@ func startRspamd(tb testing.TB, bin string) *Rspamd {
 	tb.Logf("rspamd started in %s: %s, milter %s", r.Startup.Round(time.Millisecond), r.URL, r.Milter)
 	return r
 }
+
+// RspamdConfig is a private rspamd configuration (see StartRspamd): the
+// directories and files to make, and rspamd's arguments (after the
+// program's name; add -f to keep it in the foreground). The benchmark
+// harness starts the same rspamd as the tests with it.
+type RspamdConfig struct {
+	// Dirs are the directories to make (mode 0755, owned by rspamd's
+	// user), in order.
+	Dirs []string
+	// Files are the files to write (mode 0644), by path.
+	Files map[string]string
+	// Args are rspamd's arguments: the configuration and directories.
+	Args []string
+}
+
+// NewRspamdConfig returns the configuration of an rspamd in dir whose
+// normal worker listens on normal and whose proxy worker (milter mode,
+// self_scan) listens on milter (host:port each).
+func NewRspamdConfig(dir, normal, milter string) RspamdConfig {
+	local := filepath.Join(dir, "local.d")
+	c := RspamdConfig{
+		Dirs: []string{local, filepath.Join(dir, "db"), filepath.Join(dir, "run")},
+		Files: map[string]string{
+			filepath.Join(dir, "rspamd.conf"):           fmt.Sprintf(rspamdConf, normal, milter, rspamdSpamHeader, rspamdRejectMessage),
+			filepath.Join(local, "options.inc"):         rspamdOptions,
+			filepath.Join(local, "milter_headers.conf"): rspamdMilterHeaders,
+		},
+		Args: []string{"-c", filepath.Join(dir, "rspamd.conf"),
+			"--var=LOCAL_CONFDIR=" + dir,
+			"--var=DBDIR=" + filepath.Join(dir, "db"),
+			"--var=RUNDIR=" + filepath.Join(dir, "run"),
+			"--var=LOGDIR=" + dir,
+		},
+	}
+	for _, m := range rspamdDisabled {
+		c.Files[filepath.Join(local, m+".conf")] = "enabled = false;\n"
+	}
+	return c
+}
+
+// The proxy worker's spam_header and reject_message.
+const (
+	rspamdSpamHeader    = "X-Spam"
+	rspamdRejectMessage = "Spam message rejected"
+)
 
 // rspamdConf is the top-level configuration: rspamd's common
 // configuration, its options with the local ones merged in, console
