@@ -81,6 +81,7 @@ func main() {
 	profile := flag.Bool("profile", false, "instead of the matrix: CPU profiles of caddy-esmtp (discard) under 10 KiB x 20 load, both modes, into bench/.cache/profiles")
 	pipeline := flag.Bool("pipeline", false, "instead of the matrix: the message pipeline cells (maildir on disk end to end against Postfix's virtual(8), bytes written per message, RSS of -pipeline-sessions sessions in DATA) into bench/RESULTS-pipeline.md")
 	auth := flag.Bool("auth", false, "instead of the matrix: the inbound MX with authentication cell (spf, dkim, dmarc into a Maildir on disk vs Postfix with policyd-spf, OpenDKIM, OpenDMARC; needs 127.0.0.1:53) into bench/RESULTS-auth.md")
+	filter := flag.Bool("filter", false, "instead of the matrix: the filter cell (caddy-esmtp with milter and with rspamd, Postfix with the same rspamd as its milter, each beside its own run without a filter; Maildir on disk) into bench/RESULTS-filter.md")
 	pipeSessions := flag.String("pipeline-sessions", "10000", "sessions held in DATA at once for -pipeline's memory cell (a comma-separated list: one measurement each)")
 	profSecs := flag.Int("profile-seconds", 10, "length of each profile")
 	keep := flag.Bool("keep", false, "keep the work directory (configs, server logs)")
@@ -105,6 +106,9 @@ func main() {
 		}
 		if *auth {
 			*out = "bench/RESULTS-auth.md"
+		}
+		if *filter {
+			*out = "bench/RESULTS-filter.md"
 		}
 	}
 	if *jsonOut == "" {
@@ -150,6 +154,9 @@ func main() {
 	if *auth {
 		defs = authServers()
 	}
+	if *filter {
+		defs = filterServers()
+	}
 	if *only != "" {
 		want := strings.Split(*only, ",")
 		defs = slices.DeleteFunc(defs, func(d *serverDef) bool { return !slices.Contains(want, d.Name) })
@@ -161,6 +168,13 @@ func main() {
 
 	if *profile {
 		if err := h.profile(*profSecs); err != nil {
+			fatal(err)
+		}
+		return
+	}
+	if *filter {
+		r := &report{Env: map[string]string{"cpus": fmt.Sprint(runtime.NumCPU())}, ServerCPUs: h.cpu.serverCPUs, GeneratorCPUs: h.cpu.genCPUs}
+		if err := h.filter(defs, places[0], h.path(*out), h.path(*jsonOut), r.describe(places[0])); err != nil {
 			fatal(err)
 		}
 		return

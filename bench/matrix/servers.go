@@ -257,7 +257,7 @@ func startCaddy(variant, logLevel string) func(h *harness, s *server) (*exec.Cmd
 			h.removeLater(d)
 			s.maildirs = []string{filepath.Join(d, "mail")}
 			handler = "maildir " + s.maildirs[0]
-		case "maildir-disk", "maildir-disk2", "auth":
+		case "maildir-disk", "maildir-disk2", "auth", "filter-milter", "filter-rspamd":
 			// maildir-disk2: two maildir sub-handlers in one esmtp
 			// block, every message delivered into both.
 			d, err := os.MkdirTemp(h.diskDir, "bench-maildir-")
@@ -277,6 +277,12 @@ func startCaddy(variant, logLevel string) func(h *harness, s *server) (*exec.Cmd
 				// -auth: the harness's DNS server, SPF, DKIM, then the
 				// DMARC judge (after them), then delivery.
 				lines = append([]string{"resolvers " + authDNSAddr, "spf", "dkim", "dmarc"}, lines...)
+			}
+			switch variant {
+			case "filter-milter": // -filter: rspamd's proxy worker, then delivery
+				lines = append([]string{"milter " + filterRspamd.milter}, lines...)
+			case "filter-rspamd": // -filter: rspamd's HTTP protocol, then delivery
+				lines = append([]string{"rspamd " + filterRspamd.url}, lines...)
 			}
 			handler = strings.Join(lines, "\n\t\t\t\t\t")
 		}

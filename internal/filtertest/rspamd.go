@@ -247,8 +247,13 @@ worker "rspamd_proxy" {
 	bind_socket = "%s";
 	count = 1;
 	milter = yes;
-	self_scan = yes;
 	timeout = 120s;
+	# Scan in the proxy itself: without a default upstream the proxy
+	# aborts at the first message ("cannot find upstream for default").
+	upstream "local" {
+		default = yes;
+		self_scan = yes;
+	}
 	discard_on_reject = false;
 	quarantine_on_reject = false;
 	spam_header = "%s";
