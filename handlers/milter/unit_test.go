@@ -40,7 +40,7 @@ func TestCaddyfile(t *testing.T) {
 	in := "milter unix:/run/opendkim/opendkim.sock {\n name opendkim\n timeout 10s\n connect_timeout 5s\n on_error accept\n daemon_name submission\n}"
 	if err := m.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err != nil || m.Name != "opendkim" || m.OnError != "accept" ||
 		time.Duration(m.Timeout) != 10*time.Second || time.Duration(m.ConnectTimeout) != 5*time.Second || m.DaemonName != "submission" {
-		t.Fatalf("%v %+v", err, m)
+		t.Fatalf("%v %+v", err, &m)
 	}
 	for in, field := range map[string]string{
 		"milter":                                    "address",
