@@ -36,6 +36,6 @@ func PyMilter(tb testing.TB, script string) string {
 	host, port, _ := strings.Cut(addr, ":")
 	cmd := Command(acct, python, path, "inet:"+port+"@"+host)
 	cmd.Dir = dir
-	Start(tb, cmd, Dials("tcp", addr))
+	Start(tb, cmd, MilterReady("tcp", addr))
 	return addr
 }
