@@ -19,12 +19,13 @@ func MilterReady(network, address string) func() error {
 		}
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-		// SMFIC_OPTNEG: version 6, every action, no protocol option.
+		// SMFIC_OPTNEG: version 6, every action and protocol option (a
+	// milter that wants to skip a stage refuses an MTA that cannot).
 		pkt := binary.BigEndian.AppendUint32(nil, 13)
 		pkt = append(pkt, 'O')
 		pkt = binary.BigEndian.AppendUint32(pkt, 6)
 		pkt = binary.BigEndian.AppendUint32(pkt, 0x1ff)
-		pkt = binary.BigEndian.AppendUint32(pkt, 0)
+		pkt = binary.BigEndian.AppendUint32(pkt, 0x1fffff)
 		if _, err := c.Write(pkt); err != nil {
 			return err
 		}
