@@ -20,7 +20,7 @@ func MilterReady(network, address string) func() error {
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
 		// SMFIC_OPTNEG: version 6, every action and protocol option (a
-	// milter that wants to skip a stage refuses an MTA that cannot).
+		// milter that wants to skip a stage refuses an MTA that cannot).
 		pkt := binary.BigEndian.AppendUint32(nil, 13)
 		pkt = append(pkt, 'O')
 		pkt = binary.BigEndian.AppendUint32(pkt, 6)
