@@ -37,6 +37,7 @@ import (
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/greylist"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/iprev"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/maildir"
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/milter"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/policy"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/rate_limit"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/recipients"
