@@ -22,6 +22,12 @@ if [ ! -x /usr/sbin/opendkim ] || [ ! -x /usr/sbin/opendmarc ] || [ ! -x /usr/bi
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q opendkim opendkim-tools opendmarc postfix-policyd-spf-python >&2
 fi
 
+if [ ! -x /usr/bin/rspamd ]; then
+	echo "setup: installing rspamd (for -filter)" >&2
+	apt-get update -q >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends rspamd >&2
+fi
+
 haraka="$here/.cache/haraka"
 if [ ! -f "$haraka/node_modules/Haraka/package.json" ] ||
 	! grep -q '"version": "3.3.4"' "$haraka/node_modules/Haraka/package.json"; then
