@@ -102,6 +102,9 @@ type Recipient struct {
 	LastAttempt time.Time `json:"last_attempt,omitzero"`
 	// Reply is the last attempt's outcome, nil before any.
 	Reply *Outcome `json:"reply,omitempty"`
+	// Reason says why a Failed recipient failed when it was not a
+	// permanent reply: ReasonExpired or ReasonDeleted; "" otherwise.
+	Reason string `json:"reason,omitempty"`
 	// Reported is true once the notification of a final state was
 	// queued (or was not wanted): the entry can go.
 	Reported bool `json:"reported,omitempty"`
@@ -109,6 +112,14 @@ type Recipient struct {
 	// wanted).
 	DelayReported bool `json:"delay_reported,omitempty"`
 }
+
+// The values of Recipient.Reason.
+const (
+	// ReasonExpired: still deferred when the message reached MaxAge.
+	ReasonExpired = "expired"
+	// ReasonDeleted: deleted by Queue.Delete with a bounce.
+	ReasonDeleted = "deleted"
+)
 
 // Notification kinds a recipient may ask for (RCPT NOTIFY=, RFC 3461 4.1).
 type Notification int
@@ -273,6 +284,9 @@ func (e *Entry) check() error {
 		}
 		if !r.State.valid() {
 			return fmt.Errorf("queue: recipient %d: unknown state %q", i, r.State)
+		}
+		if r.Reason != "" && r.Reason != ReasonExpired && r.Reason != ReasonDeleted {
+			return fmt.Errorf("queue: recipient %d: unknown reason %q", i, r.Reason)
 		}
 		if r.Attempts < 0 {
 			return fmt.Errorf("queue: recipient %d: negative attempts", i)
