@@ -360,6 +360,11 @@ func (q *Queue) loop() {
 		}
 		if !next.IsZero() {
 			stopTimer = q.clock.AfterFunc(next.Sub(now), q.wake)
+			// Time moved on while the timer was set from now: look again
+			// rather than wake late (a fake clock jumps).
+			if !q.clock.Now().Before(next) {
+				q.wake()
+			}
 		}
 		select {
 		case <-q.kick:

@@ -131,7 +131,7 @@ func TestFailedFull(t *testing.T) {
 	r0 := st.Recipients[0]
 	for k, v := range map[string]string{"Final-Recipient": "rfc822; bob@example.com", "Original-Recipient": "rfc822; bob+x@example.com",
 		"Action": "failed", "Status": "5.1.1", "Remote-MTA": "dns; mx.example.com",
-		"Diagnostic-Code": "smtp; 550 5.1.1 <bob@example.com>: Recipient address rejected: User unknown in virtual mailbox table",
+		"Diagnostic-Code":   "smtp; 550 5.1.1 <bob@example.com>: Recipient address rejected: User unknown in virtual mailbox table",
 		"Last-Attempt-Date": attempt.Format(time.RFC1123Z)} {
 		if got, _ := r0.Get(k); got != v {
 			t.Errorf("recipient 1 %s = %q, want %q", k, got, v)
