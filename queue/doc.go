@@ -1,0 +1,85 @@
+// Package queue is caddy-esmtp's durable mail queue: end of data commits
+// the message and its envelope to a Store (fsynced) and only then is the
+// client answered 250; workers then deliver it, recipient by recipient,
+// with retries, and send RFC 3464 delivery status notifications (package
+// dsn). Like package session it imports no Caddy package: New with a Store
+// and Options, Start, Enqueue per message, Stop.
+//
+// # Store and file layout
+//
+// A Store persists entries; all delivery logic is in Queue, so another
+// store (a replicated NATS JetStream one is planned) reuses it. DirStore
+// keeps one directory:
+//
+//	.lock        flock'ed while open: one process per directory
+//	<id>.msg     the message as it will be delivered (spool + edits); immutable
+//	<id>.state   the Entry: envelope, recipients' states, schedule (EncodeState)
+//	.tmp-*       being written; removed when the store is opened
+//	corrupt/     entries set aside by recovery, for an operator
+//
+// Put writes the message to a temporary file, fsyncs it, links it to
+// <id>.msg and fsyncs the directory; then the same for <id>.state. A state
+// is replaced by rename of a fsynced temporary file, then a directory
+// fsync. Remove deletes the state first. So, on opening: a message without
+// a state was never acknowledged and is removed; a state without a
+// message, or that does not decode, or whose size disagrees with its
+// message, is logged at ERROR and moved to corrupt/.
+//
+// The state encoding is versioned JSON (see StateVersion) with a strict
+// decoder (DecodeState): unknown fields, versions and states are refused.
+//
+// # Recipient states
+//
+//	pending --2xx--> delivered
+//	   |  \--5xx---> failed
+//	   4xx
+//	   v
+//	deferred --2xx--> delivered
+//	   |  \--5xx---> failed
+//	   \--still 4xx at MaxAge--> failed (reason "expired", Status 5.4.7)
+//	pending/deferred --Delete with bounce--> failed (reason "deleted")
+//
+// Each pass over an entry tries every pending and deferred recipient in
+// one Deliver call, stores the new states, then queues the DSN they call
+// for, then marks them reported and stores that; an entry whose recipients
+// are all final and reported is removed. Passes over one entry never
+// overlap, and the states are stored before the next pass can start.
+//
+// # Backoff
+//
+// The first attempt is made at once. After attempt n the next is due
+// after RetryInterval * 2^(n-1), capped at MaxRetryInterval (defaults
+// 5m and 1h: 5m, 10m, 20m, 40m, 1h, 1h, ...; Postfix's minimal and
+// maximal backoff times work alike). The last attempt is made at MaxAge
+// exactly (default 5 days): a recipient still deferred then fails. While a
+// delay warning is still to be sent, an attempt is also made at
+// DelayWarning, so the warning carries the latest reply. Flush and Retry
+// make attempts due at once. The schedule is per entry (Entry.NextAttempt).
+//
+// # DSNs
+//
+// A pass that leaves recipients newly failed (their NOTIFY asks for
+// FAILURE, the default), newly delivered (NOTIFY has SUCCESS) or deferred
+// past DelayWarning (NOTIFY has DELAY, or no NOTIFY; once per recipient)
+// queues one DSN for all of them: multipart/report from the null sender to
+// the original sender, with the actions failed, delivered, relayed (a 2xx
+// with Outcome.Relayed) or delayed, the upstream's reply as Diagnostic-Code
+// and its host as Remote-MTA, ENVID and ORCPT decoded into
+// Original-Envelope-Id and Original-Recipient. RET=HDRS returns the
+// header; RET=FULL and no RET return the whole message in a report of a
+// failure, the header in any other (RFC 3461 4.3 leaves the choice).
+// A message sent with SMTPUTF8 gets the RFC 6533 shapes and its DSN is
+// queued with SMTPUTF8; an 8BITMIME one's DSN with BODY=8BITMIME. The DSN
+// is a new entry (Options.Bounce, by default Enqueue) delivered like any
+// other. A message from the null sender never gets a DSN: the DSN that
+// would have been is logged and counted (Stats.BouncesDropped).
+//
+// # At least once
+//
+// Whatever got a 250 (Enqueue returned nil) survives kill -9 and a power
+// loss; after a restart (Start) every entry resumes from its stored state.
+// A delivery that the kill cut (made, but its outcome not yet stored) is
+// made again, and so is a DSN queued but not yet marked reported: at least
+// once. Nothing else is repeated: a recipient whose delivered state was
+// stored is never tried again.
+package queue
