@@ -155,6 +155,11 @@ type Config struct {
 	// the Caddy module makes one from its `resolvers` option, with a
 	// cache. Nil: the system's (net.DefaultResolver).
 	Resolver Resolver
+	// Queue, when set, takes every accepted message at end of data (after
+	// the judges) instead of the deliveries, which it then runs through
+	// Server.DeliverQueued; the client gets 250 once Queue.Enqueue
+	// returned. Nil: the deliveries run in the session.
+	Queue Queue
 	// SpoolMemory bounds the memory that the spools of all this Server's
 	// messages hold at once, in bytes; a message that does not fit (or is
 	// over 1 MiB) is spooled to an unlinked file in SpoolDir. Default 64

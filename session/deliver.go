@@ -61,6 +61,9 @@ func (s *Session) judgeAndDeliver() *Reply {
 	if s.txn.discard != "" {
 		return NewReply(250, "2.0.0", s.txn.ID+" Message accepted for delivery")
 	}
+	if q := s.cfg.Queue; q != nil {
+		return s.enqueue(q)
+	}
 	if r := s.runDeliveries(); r != nil {
 		return r
 	}
@@ -141,9 +144,13 @@ func (s *Session) runDeliveries() *Reply {
 			continue
 		}
 		d := j.hk.h.(DeliverHook)
-		if r := invoke(s, "deliver", j.hk, nil, func(ctx context.Context, _ any) (*Reply, error) {
+		r := invoke(s, "deliver", j.hk, nil, func(ctx context.Context, _ any) (*Reply, error) {
 			return nil, d.Deliver(ctx, s, &j.d)
-		}); r != nil {
+		})
+		if r == nil {
+			r = j.d.failed() // a recipient it refused: the message's reply
+		}
+		if r != nil {
 			rollback()
 			return r
 		}

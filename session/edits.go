@@ -175,12 +175,14 @@ type Message struct {
 	size int64
 }
 
-// segment is a range of a spool, or literal bytes.
+// segment is a range of a spool, literal bytes, or a range of a ReaderAt
+// (a queued message: NewMessage).
 type segment struct {
 	sp  *spool
 	off int64
 	n   int64
 	lit []byte
+	ra  io.ReaderAt
 }
 
 // Size is the message's length in bytes.
@@ -199,6 +201,11 @@ func (m *Message) WriteTo(w io.Writer) (int64, error) {
 		var n int64
 		var err error
 		switch {
+		case s.ra != nil:
+			n, err = io.Copy(w, io.NewSectionReader(s.ra, s.off, s.n))
+			if err == nil && n < s.n {
+				err = io.ErrUnexpectedEOF
+			}
 		case s.sp == nil:
 			var k int
 			k, err = w.Write(s.lit[:s.n])
@@ -235,9 +242,17 @@ func (r *messageReader) Read(p []byte) (int, error) {
 		want := min(int64(len(p)), s.n-r.off)
 		var n int
 		var err error
-		if s.sp == nil {
+		switch {
+		case s.ra != nil:
+			n, err = s.ra.ReadAt(p[:want], s.off+r.off)
+			if err == io.EOF && n > 0 {
+				err = nil
+			} else if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+		case s.sp == nil:
 			n = copy(p[:want], s.lit[r.off:])
-		} else {
+		default:
 			n, err = s.sp.readAt(p[:want], s.off+r.off)
 			if err == io.EOF && n > 0 {
 				err = nil

@@ -127,6 +127,40 @@ type Delivery struct {
 	// every edit applied; readable as many times as needed. Nil only for
 	// a delivery that does not read messages (see MessageReader).
 	Message *Message
+	// Queued is true when the delivery runs from the queue
+	// (Server.DeliverQueued), outside the session the message came in:
+	// the session stands for that one (no connection), and each
+	// recipient may have its own outcome (SetReply).
+	Queued bool
+
+	replies []*Reply // by recipient (SetReply)
+}
+
+// SetReply gives the i-th recipient of the delivery its own outcome, as
+// an upstream answered it (LMTP's reply per recipient, an upstream's
+// refused RCPT): a 4xx or 5xx reply fails that recipient alone when the
+// delivery returns nil. From the queue, each recipient keeps its own
+// outcome (the others are delivered); in the session, where the client
+// gets one reply for the message, the first failure is that reply. A 2xx
+// reply records a delivered recipient's answer.
+func (d *Delivery) SetReply(i int, r *Reply) {
+	if i < 0 || i >= len(d.Recipients) {
+		return
+	}
+	if d.replies == nil {
+		d.replies = make([]*Reply, len(d.Recipients))
+	}
+	d.replies[i] = r
+}
+
+// failed returns the first failure SetReply recorded, or nil.
+func (d *Delivery) failed() *Reply {
+	for _, r := range d.replies {
+		if r != nil && r.Code >= 400 {
+			return r
+		}
+	}
+	return nil
 }
 
 // MessageReader tells whether a sub-handler reads the whole message

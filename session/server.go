@@ -53,9 +53,13 @@ func NewServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	hooks := compile(c.Handlers)
+	if c.Queue != nil {
+		hooks.spools = true // the queue keeps the final message
+	}
 	return &Server{
 		cfg:          c,
-		hooks:        compile(c.Handlers),
+		hooks:        hooks,
 		ehloKeywords: ehloKeywords(&c),
 		heloReply:    &Reply{Code: 250, Lines: []string{c.Hostname}, plain: true},
 		quitReply:    &Reply{Code: 221, Enhanced: "2.0.0", Lines: []string{c.Hostname + " closing connection"}},
