@@ -62,6 +62,12 @@ type Client struct {
 	TLSCipherSuite uint16
 }
 
+// Queueing reports whether the server queues its messages (Config.Queue):
+// its deliveries then run later, from the queue (Delivery.Queued), so a
+// delivery must not start its work at RCPT (relay's upstream
+// transaction) but do it all in Deliver.
+func (s *Session) Queueing() bool { return s.cfg.Queue != nil }
+
 // client describes the session's client for the queue.
 func (s *Session) client() Client {
 	c := Client{Helo: s.helo, Extended: s.extended, AuthUser: s.AuthUser()}
