@@ -239,6 +239,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("xclient_networks: %v", err)
 			}
 			h.XClientNetworks = append(h.XClientNetworks, args...)
+		case "queue":
+			if err := once(opt); err != nil {
+				return err
+			}
+			if err := parseQueue(d, h); err != nil {
+				return err
+			}
 		case "resolvers":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
@@ -393,3 +400,51 @@ func sizeArg(d *caddyfile.Dispenser, opt string) (int64, error) {
 
 // Interface guard
 var _ caddyfile.Unmarshaler = (*Handler)(nil)
+
+// parseQueue parses `queue <dir> { retry_interval max_retry_interval
+// max_age delay_warning workers }`.
+func parseQueue(d *caddyfile.Dispenser, h *Handler) error {
+	q := &QueueConfig{}
+	if !d.Args(&q.Dir) || d.NextArg() {
+		return d.Errf("queue: want one directory, then an optional block")
+	}
+	seen := map[string]bool{}
+	for n := d.Nesting(); d.NextBlock(n); {
+		opt := d.Val()
+		if seen[opt] {
+			return d.Errf("queue: %s given twice", opt)
+		}
+		seen[opt] = true
+		var v string
+		if !d.Args(&v) || d.NextArg() {
+			return d.Errf("queue: %s: want one value", opt)
+		}
+		switch opt {
+		case "retry_interval", "max_retry_interval", "max_age", "delay_warning":
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("queue: %s: want a positive duration such as 5m, 4h or 5d, got %q", opt, v)
+			}
+			switch opt {
+			case "retry_interval":
+				q.RetryInterval = caddy.Duration(dur)
+			case "max_retry_interval":
+				q.MaxRetryInterval = caddy.Duration(dur)
+			case "max_age":
+				q.MaxAge = caddy.Duration(dur)
+			case "delay_warning":
+				q.DelayWarning = caddy.Duration(dur)
+			}
+		case "workers":
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				return d.Errf("queue: workers: want a positive number, got %q", v)
+			}
+			q.Workers = n
+		default:
+			return d.Errf("queue: unknown option %q (known: retry_interval, max_retry_interval, max_age, delay_warning, workers)", opt)
+		}
+	}
+	h.Queue = q
+	return nil
+}

@@ -161,8 +161,17 @@ type Handler struct {
 	// esmtp.handlers namespace), asked in this order at every event.
 	HandlersRaw []json.RawMessage `json:"handlers,omitempty" caddy:"namespace=esmtp.handlers inline_key=handler"`
 
+	// Queue, when set, stores every accepted message in a queue
+	// directory (fsynced) before the 250, and delivers it from there:
+	// each recipient with its own retries (backoff), bounces (RFC 3464
+	// DSNs) after max_age or a permanent failure. Without it the
+	// deliveries run in the session and the client waits for them.
+	Queue *QueueConfig `json:"queue,omitempty"`
+
 	server *session.Server
 	logger *zap.Logger
+	queue  *runningQueue
+	queued string // the queue's key in queues
 }
 
 // StartTLS configures STARTTLS.
@@ -222,7 +231,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		obs = observer{m}
 	}
+	var q session.Queue
+	if h.Queue != nil {
+		rq, err := h.openQueue(hostname)
+		if err != nil {
+			return err
+		}
+		h.queue, h.queued, q = rq, rq.dir, rq
+	}
 	srv, err := session.NewServer(session.Config{
+		Queue:               q,
 		Observer:            obs,
 		Resolver:            resolver,
 		LogTranscript:       h.LogTranscript,
@@ -253,10 +271,32 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Logger:              h.logger,
 	})
 	if err != nil {
+		h.releaseQueue()
 		return fmt.Errorf("esmtp: %w", err)
 	}
 	h.server = srv
+	if h.queue != nil {
+		h.queue.attach(srv)
+		if err := h.queue.start(); err != nil {
+			return fmt.Errorf("esmtp: queue: starting: %v", err)
+		}
+	}
 	return nil
+}
+
+// releaseQueue lets the handler's queue go: its deliveries no longer use
+// this handler's server, and the last handler to let it go stops it.
+func (h *Handler) releaseQueue() {
+	if h.queue == nil {
+		return
+	}
+	if h.server != nil {
+		h.queue.detach(h.server)
+	}
+	if _, err := queues.Delete(h.queued); err != nil {
+		h.logger.Error("stopping the queue", zap.String("dir", h.queued), zap.Error(err))
+	}
+	h.queue = nil
 }
 
 // Validate reports configuration errors that Provision did not.
@@ -273,6 +313,7 @@ func (h *Handler) Validate() error {
 // configuration while the new one serves new connections); when Caddy is
 // exiting it waits for the drain, bounded by grace_period.
 func (h *Handler) Cleanup() error {
+	defer h.releaseQueue()
 	if h.server == nil {
 		return nil
 	}

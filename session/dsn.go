@@ -29,6 +29,9 @@ const (
 // advertises reports whether a sub-handler lists keyword among its EHLO
 // keywords for this session.
 func (s *Session) advertises(keyword string) bool {
+	if keyword == "DSN" && s.cfg.Queue != nil {
+		return true
+	}
 	for _, e := range s.extensions() {
 		k, _, _ := strings.Cut(e, " ")
 		if strings.EqualFold(k, keyword) {

@@ -22,8 +22,9 @@ func newID(t time.Time) string {
 }
 
 // ehloKeywords are the extensions the engine itself implements.
+// With a queue, DSN too (RFC 3461): the queue sends the reports.
 func ehloKeywords(cfg *Config) []string {
-	return []string{
+	kw := []string{
 		"PIPELINING",
 		"SIZE " + strconv.FormatInt(cfg.MaxMessageSize, 10),
 		"8BITMIME",
@@ -32,6 +33,10 @@ func ehloKeywords(cfg *Config) []string {
 		"CHUNKING",
 		"HELP",
 	}
+	if cfg.Queue != nil {
+		kw = append(kw, "DSN")
+	}
+	return kw
 }
 
 // protocol is the "with" word of Received: (RFC 3848, RFC 6531).

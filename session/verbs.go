@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -157,7 +158,11 @@ func (s *Session) cmdHelo(arg string, extended bool) *Reply {
 	if s.xclientAllowed() {
 		lines = append(lines, xclientEHLOKeyword)
 	}
-	lines = append(lines, s.extensions()...)
+	for _, e := range s.extensions() {
+		if !slices.Contains(s.srv.ehloKeywords, e) { // the engine's own (DSN with a queue) once
+			lines = append(lines, e)
+		}
+	}
 	return &Reply{Code: 250, Lines: lines, plain: true}
 }
 
