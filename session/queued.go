@@ -130,17 +130,26 @@ func NewMessage(r io.ReaderAt, size int64) *Message {
 // message's id, sender and recipients). Deliveries do not depend on each
 // other: one failing does not undo another. It returns one reply per
 // recipient of m, in order: 2xx delivered, 4xx to try again later, 5xx
-// failed. A recipient no delivery takes (the configuration changed since)
-// gets 451 4.3.0, and its delivery is tried again.
+// failed. A recipient that several deliveries take (a Maildir and a
+// webhook) gets the worst of their replies (5xx over 4xx over 2xx), and
+// when it is tried again, all of them run again: such a destination may
+// get the message more than once (at least once). A recipient no
+// delivery takes (the configuration changed since) gets 451 4.3.0, and is
+// tried again.
 func (srv *Server) DeliverQueued(ctx context.Context, m *Queued) []*Reply {
 	s := srv.queuedSession(ctx, m)
 	defer s.cancel()
 	replies := make([]*Reply, len(m.Recipients))
+	worse := func(i int, r *Reply) {
+		if cur := replies[i]; cur == nil || cur.Code < 400 && r.Code >= 400 || cur.Code < 500 && r.Code >= 500 {
+			replies[i] = r
+		}
+	}
 	for _, hk := range srv.hooks.deliveries {
 		var idx []int
 		var rs []Recipient
 		for i, r := range m.Recipients {
-			if replies[i] == nil && s.matches(hk.match, scopeRecipient, r.Path) {
+			if s.matches(hk.match, scopeRecipient, r.Path) {
 				idx = append(idx, i)
 				rs = append(rs, r)
 			}
@@ -153,11 +162,11 @@ func (srv *Server) DeliverQueued(ctx context.Context, m *Queued) []*Reply {
 		for k, i := range idx {
 			switch {
 			case r != nil:
-				replies[i] = r
+				worse(i, r)
 			case k < len(d.replies) && d.replies[k] != nil && d.replies[k].valid():
-				replies[i] = d.replies[k]
+				worse(i, d.replies[k])
 			default:
-				replies[i] = replyDelivered
+				worse(i, replyDelivered)
 			}
 		}
 	}

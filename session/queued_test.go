@@ -128,3 +128,26 @@ func TestQueueTakesTheMessage(t *testing.T) {
 		t.Errorf("b got %+v", db)
 	}
 }
+
+// TestQueuedRecipientOfTwoDeliveries: a recipient two deliveries take
+// gets the worse of their replies, and both run.
+func TestQueuedRecipientOfTwoDeliveries(t *testing.T) {
+	ok, tempfail := &capture{}, &capture{fail: NewReply(451, "4.4.1", "upstream down")}
+	srv, err := newServer(Config{Queue: &memQueue{}, Handlers: []SubHandler{
+		{Name: "ok", Handler: ok},
+		{Name: "tempfail", Handler: tempfail},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte("Subject: x\r\n\r\nbody\r\n")
+	m := &Queued{ID: "Q1", From: Path{Mailbox: "s@x.test"}, Recipients: []Recipient{{Path: Path{Mailbox: "r@y.test"}}},
+		Message: NewMessage(bytes.NewReader(msg), int64(len(msg)))}
+	replies := srv.DeliverQueued(context.Background(), m)
+	if len(replies) != 1 || replies[0].Code != 451 {
+		t.Fatalf("replies %v, want the 451", replies)
+	}
+	if _, got := ok.last(t); got != string(msg) {
+		t.Errorf("the first delivery got %q", got)
+	}
+}
