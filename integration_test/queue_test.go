@@ -2,6 +2,7 @@ package integration_test
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -92,5 +93,61 @@ func TestQueueDeliversAndBounces(t *testing.T) {
 		if time.Now().After(end) {
 			t.Fatalf("left in the queue: %v", left)
 		}
+	}
+}
+
+// TestQueueSurvivesReload: a message deferred by the configuration in
+// force (a command that exits EX_TEMPFAIL) stays in the queue through a
+// config reload that names the same directory, and the next attempt
+// delivers it with the new configuration (into a Maildir).
+func TestQueueSurvivesReload(t *testing.T) {
+	qdir := filepath.Join(t.TempDir(), "queue")
+	script := filepath.Join(t.TempDir(), "tempfail.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\ncat >/dev/null\nexit 75\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	maildir := filepath.Join(t.TempDir(), "mail")
+	config := func(delivery string) []byte {
+		return adapt(t, strings.NewReplacer("%PORT%", fmt.Sprint(port), "%MAIL%", maildir).Replace(esmtpCaddyfile(`
+					queue `+qdir+` {
+						retry_interval 1s
+					}
+					`+delivery)))
+	}
+	load(t, config("exec "+script))
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	waitListening(t, addr)
+	c := dial(t, addr)
+	c.expect("220 ")
+	c.send("EHLO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+	c.expect("250 ")
+	c.expect("250 2.1.0")
+	c.expect("250 2.1.5")
+	c.expect("354 ")
+	c.send(stuffed(message) + ".\r\nQUIT\r\n")
+	c.expect("250 2.0.0")
+	c.expect("221 ")
+	// Deferred at least once: its state says so.
+	waitFor(t, "a deferred attempt", func() bool {
+		states, _ := filepath.Glob(filepath.Join(qdir, "*.state"))
+		for _, s := range states {
+			if b, _ := os.ReadFile(s); bytes.Contains(b, []byte(`"deferred"`)) {
+				return true
+			}
+		}
+		return false
+	})
+	if files := delivered(t, maildir); len(files) != 0 {
+		t.Fatalf("delivered before the reload: %d", len(files))
+	}
+	load(t, config("maildir %MAIL%"))
+	waitFor(t, "delivery after the reload", func() bool { return len(delivered(t, maildir)) == 1 })
+	waitFor(t, "an empty queue", func() bool {
+		msgs, _ := filepath.Glob(filepath.Join(qdir, "*.msg"))
+		return len(msgs) == 0
+	})
+	if got := delivered(t, maildir)[0]; !bytes.Contains(got, []byte("first line\r\n")) {
+		t.Errorf("delivered:\n%s", got)
 	}
 }
