@@ -77,6 +77,11 @@ func TestCaddyfileErrorsNameTheField(t *testing.T) {
 		{"resolvers", "wrong argument count"},
 		{"no_such_thing 1", `unknown esmtp option or sub-handler "no_such_thing"`},
 		{"maildir", "maildir: path is required"},
+		{"queue", "queue: want one directory"},
+		{"queue /q {\n retry_interval soon\n }", "queue: retry_interval: want a positive duration"},
+		{"queue /q {\n workers 0\n }", "queue: workers: want a positive number"},
+		{"queue /q {\n max_age 1d\n max_age 2d\n }", "queue: max_age given twice"},
+		{"queue /q {\n hold 1\n }", `queue: unknown option "hold"`},
 	} {
 		cf := "{\n layer4 {\n  :2525 {\n   route {\n    esmtp {\n     " + tc.body + "\n    }\n   }\n  }\n }\n}\n"
 		_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
@@ -96,6 +101,8 @@ func TestProvisionErrorsNameTheField(t *testing.T) {
 		{`"resolvers": ["127.0.0.1", "[::1"]`, "resolvers[1]: "},
 		{`"handlers": [{"handler": "nonexistent"}]`, "esmtp.handlers.nonexistent"},
 		{`"handlers": [{"handler": "maildir"}]`, "maildir: path is required"},
+		{`"queue": {}`, "queue: dir is required"},
+		{`"queue": {"dir": "/tmp/q", "workers": -1}`, "queue: workers must not be negative"},
 	} {
 		ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
 		h := new(Handler)
