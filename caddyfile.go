@@ -342,21 +342,23 @@ func parseMatcher(d *caddyfile.Dispenser) (*match.Match, error) {
 			return nil, err
 		}
 	}
-	if len(m.Recipients)+len(m.Senders)+len(m.RemoteIP) == 0 && m.Authenticated == nil && m.TLS == nil {
-		return nil, d.Errf("matcher %s has no conditions (known: rcpt, sender, remote_ip, authenticated, tls)", name)
+	if len(m.Recipients)+len(m.NotRecipients)+len(m.Senders)+len(m.RemoteIP) == 0 && m.Authenticated == nil && m.TLS == nil {
+		return nil, d.Errf("matcher %s has no conditions (known: rcpt, not_rcpt, sender, remote_ip, authenticated, tls)", name)
 	}
 	return m, nil
 }
 
 func addCondition(d *caddyfile.Dispenser, m *match.Match, kind string, args []string) error {
 	switch kind {
-	case "rcpt", "sender", "remote_ip":
+	case "rcpt", "not_rcpt", "sender", "remote_ip":
 		if len(args) == 0 {
 			return d.Errf("matcher %s: %s needs at least one value", kind, kind)
 		}
 		switch kind {
 		case "rcpt":
 			m.Recipients = append(m.Recipients, args...)
+		case "not_rcpt":
+			m.NotRecipients = append(m.NotRecipients, args...)
 		case "sender":
 			m.Senders = append(m.Senders, args...)
 		default:
@@ -379,7 +381,7 @@ func addCondition(d *caddyfile.Dispenser, m *match.Match, kind string, args []st
 			m.Authenticated = &v
 		}
 	default:
-		return d.Errf("unknown matcher condition %q (known: rcpt, sender, remote_ip, authenticated, tls)", kind)
+		return d.Errf("unknown matcher condition %q (known: rcpt, not_rcpt, sender, remote_ip, authenticated, tls)", kind)
 	}
 	return nil
 }

@@ -43,6 +43,10 @@ type Match struct {
 	// The inner sub-handlers are asked about a RCPT only when it matches,
 	// and see only the matching recipients from DATA on.
 	Recipients []string `json:"rcpt,omitempty"`
+	// NotRecipients lists recipient patterns (same forms) a recipient
+	// must not match: "the rest", such as the recipients of a relay
+	// beside the local domains' Maildir.
+	NotRecipients []string `json:"not_rcpt,omitempty"`
 	// Senders lists sender patterns (same forms); "<>" matches the null
 	// sender.
 	Senders []string `json:"sender,omitempty"`
@@ -59,6 +63,7 @@ type Match struct {
 	HandlersRaw []json.RawMessage `json:"handlers,omitempty" caddy:"namespace=esmtp.handlers inline_key=handler"`
 
 	rcpt       *recipients.List
+	notRcpt    *recipients.List
 	sender     *recipients.List
 	nullSender bool
 	nets       []netip.Prefix
@@ -94,6 +99,11 @@ func (m *Match) parseConditions() error {
 	var err error
 	if len(m.Recipients) > 0 {
 		if m.rcpt, err = recipients.BuildList("match: rcpt", m.Recipients, nil); err != nil {
+			return err
+		}
+	}
+	if len(m.NotRecipients) > 0 {
+		if m.notRcpt, err = recipients.BuildList("match: not_rcpt", m.NotRecipients, nil); err != nil {
 			return err
 		}
 	}
@@ -148,7 +158,8 @@ func (m *Match) MatchSender(_ *session.Session, from session.Path) bool {
 
 // MatchRecipient checks the recipient conditions.
 func (m *Match) MatchRecipient(_ *session.Session, to session.Path) bool {
-	return m.rcpt == nil || m.rcpt.Match(to.Local, to.Domain)
+	return (m.rcpt == nil || m.rcpt.Match(to.Local, to.Domain)) &&
+		(m.notRcpt == nil || !m.notRcpt.Match(to.Local, to.Domain))
 }
 
 // SubHandlers returns the inner sub-handlers, each limited by this
