@@ -73,6 +73,10 @@ func TestConditions(t *testing.T) {
 	}{
 		{"rcpt splits", Match{Recipients: []string{"one.test"}}, "192.0.2.1:1", "a@x.test",
 			"mail a@x.test|rcpt b@one.test|eom b@one.test"},
+		{"not_rcpt: the rest", Match{NotRecipients: []string{"one.test"}}, "192.0.2.1:1", "a@x.test",
+			"mail a@x.test|rcpt c@two.test|eom c@two.test"},
+		{"rcpt and not_rcpt", Match{Recipients: []string{"one.test", "two.test"}, NotRecipients: []string{"c@two.test"}}, "192.0.2.1:1", "a@x.test",
+			"mail a@x.test|rcpt b@one.test|eom b@one.test"},
 		{"sender miss", Match{Senders: []string{"*@x.test"}}, "192.0.2.1:1", "a@y.test", ""},
 		{"sender hit", Match{Senders: []string{"*@x.test"}}, "192.0.2.1:1", "a@x.test",
 			"mail a@x.test|rcpt b@one.test|rcpt c@two.test|eom b@one.test,c@two.test"},
@@ -98,6 +102,7 @@ func TestConditions(t *testing.T) {
 func TestBadConditions(t *testing.T) {
 	for _, m := range []*Match{
 		{RemoteIP: []string{"not-an-ip"}},
+		{NotRecipients: []string{"*"}},
 		{Recipients: []string{"bad entry with spaces"}},
 	} {
 		if err := m.parseConditions(); err == nil {
