@@ -38,7 +38,14 @@ var errNoMessage = errors.New("relay: no message to send (the engine spooled non
 // RCPT are sent again for the final envelope, and a recipient the upstream
 // now refuses fails the message with its reply. The upstream's reply to
 // the end of data is the result: nil for 2xx, else its reply.
+//
+// From the queue (d.Queued), Deliver runs the whole upstream transaction
+// (see deliverQueued): each recipient gets its own outcome
+// (Delivery.SetReply), and it returns nil.
 func (r *Relay) Deliver(ctx context.Context, s *session.Session, d *session.Delivery) error {
+	if d.Queued {
+		return r.deliverQueued(ctx, s, d)
+	}
 	txn := s.Transaction()
 	st := r.take(s)
 	defer func() { r.release(st) }() // an upstream transaction left unused
@@ -130,7 +137,7 @@ func (r *Relay) deliverTo(ctx context.Context, s *session.Session, d *session.De
 				return nil, rep
 			}
 		}
-		if !headerOK && ascii(txn, up) {
+		if !headerOK && ascii(txn.UTF8, up) {
 			r.done(up)
 			return nil, replyHeaderUTF8
 		}
@@ -207,11 +214,12 @@ func (r *Relay) deliverTo(ctx context.Context, s *session.Session, d *session.De
 // new connection). A refusal fails the message with the upstream's reply,
 // and up is let go.
 func (r *Relay) envelope(ctx context.Context, s *session.Session, up *upstream, d *session.Delivery, rcpts []session.Recipient) *session.Reply {
-	if rep := r.mail(ctx, s, up, d.From, d.MailParams, d.Message.Size()); rep != nil {
+	txn := s.Transaction()
+	if rep := r.mail(ctx, s, up, d.From, d.MailParams, d.Message.Size(), sessionFlags(txn)); rep != nil {
 		return rep
 	}
 	for _, rc := range rcpts {
-		rep, gone := r.rcpt(ctx, s, up, rc.Path, rc.Params)
+		rep, gone := r.rcpt(ctx, s, up, rc.Path, rc.Params, txn.UTF8)
 		if rep == nil {
 			continue
 		}

@@ -93,11 +93,23 @@ func isNotFound(err error) bool {
 // dialMX connects to the first mail server of domain that answers, found
 // with the relay's own resolver or else the session's.
 func (r *Relay) dialMX(ctx context.Context, s *session.Session, domain string) (*upstream, *setupError) {
-	hello := s.Hostname()
-	targets, serr := r.mxTargets(ctx, cmp.Or(r.resolver, s.Resolver()), domain)
+	targets, serr := r.mxTargets(ctx, r.resolverFor(s), domain)
 	if serr != nil {
 		return nil, serr
 	}
+	return r.dialTargets(ctx, s, domain, targets)
+}
+
+// resolverFor is the resolver for MX lookups: the relay's own, or else
+// the session's.
+func (r *Relay) resolverFor(s *session.Session) session.Resolver {
+	return cmp.Or(r.resolver, s.Resolver())
+}
+
+// dialTargets connects to the first of the mail servers of domain (its
+// targets, best first) that answers.
+func (r *Relay) dialTargets(ctx context.Context, s *session.Session, domain string, targets []target) (*upstream, *setupError) {
+	hello := s.Hostname()
 	var last *setupError
 	for _, t := range targets {
 		up, serr := r.connect(ctx, t, hello)
@@ -109,6 +121,9 @@ func (r *Relay) dialMX(ctx context.Context, s *session.Session, domain string) (
 		if ctx.Err() != nil {
 			break
 		}
+	}
+	if last == nil {
+		last = failed(replyUnreachable, "no mail server to try for %s", domain)
 	}
 	return nil, last
 }

@@ -81,6 +81,9 @@ func (r *Relay) Rcpt(ctx context.Context, s *session.Session, to session.Path, p
 		}
 		return replyRelayDenied, nil
 	}
+	if s.Queueing() {
+		return r.rcptQueued(s, to), nil
+	}
 	st := r.state(s)
 	if st == nil {
 		st = &txnState{txn: txn}
@@ -108,7 +111,7 @@ func (r *Relay) Rcpt(ctx context.Context, s *session.Session, to session.Path, p
 	if st.up == nil {
 		up, fail := r.connectFor(ctx, s, st.domain)
 		if fail == nil {
-			fail = r.mail(ctx, s, up, txn.From, txn.MailParams, declaredSize(txn.MailParams))
+			fail = r.mail(ctx, s, up, txn.From, txn.MailParams, declaredSize(txn.MailParams), sessionFlags(txn))
 		}
 		if fail != nil {
 			st.fail = fail
@@ -116,7 +119,7 @@ func (r *Relay) Rcpt(ctx context.Context, s *session.Session, to session.Path, p
 		}
 		st.up, st.from, st.params = up, txn.From.Mailbox, slices.Clone(txn.MailParams)
 	}
-	rep, gone := r.rcpt(ctx, s, st.up, to, params)
+	rep, gone := r.rcpt(ctx, s, st.up, to, params, txn.UTF8)
 	if gone {
 		st.up, st.fail = nil, rep
 	}
@@ -173,21 +176,40 @@ func (r *Relay) connectFor(ctx context.Context, s *session.Session, domain strin
 	return up, nil
 }
 
-// mail sends MAIL FROM on up. On failure up is let go, and the reply is
-// the client's.
-func (r *Relay) mail(ctx context.Context, s *session.Session, up *upstream, from session.Path, params session.Params, size int64) *session.Reply {
-	txn := s.Transaction()
+// mailFlags are what the relay must know of a transaction's MAIL
+// parameters: SMTPUTF8, and BODY=8BITMIME.
+type mailFlags struct {
+	utf8     bool
+	eightBit bool
+}
+
+// sessionFlags are the flags of the client transaction in progress.
+func sessionFlags(txn *session.Transaction) mailFlags {
+	return mailFlags{utf8: txn.UTF8, eightBit: txn.Body == "8BITMIME"}
+}
+
+// paramFlags are the flags of the MAIL parameters params (a queued
+// message: its session's transaction is rebuilt from what the queue kept).
+func paramFlags(params session.Params) mailFlags {
+	_, utf8 := params.Get("SMTPUTF8")
+	body, _ := params.Get("BODY")
+	return mailFlags{utf8: utf8, eightBit: strings.EqualFold(body, "8BITMIME")}
+}
+
+// mail sends MAIL FROM on up for a transaction with flags f. On failure
+// up is let go, and the reply is the client's.
+func (r *Relay) mail(ctx context.Context, s *session.Session, up *upstream, from session.Path, params session.Params, size int64, f mailFlags) *session.Reply {
 	r.bound(ctx, up)
-	if txn.Body == "8BITMIME" && !up.hasExt("8BITMIME") {
+	if f.eightBit && !up.hasExt("8BITMIME") {
 		r.done(up)
 		return replyNo8BITMIME
 	}
 	// SMTPUTF8 toward an upstream without it: the envelope goes as ASCII
 	// when it can (domains as A-labels), and the header is checked before
 	// the message goes (see checkHeader).
-	utf8 := txn.UTF8 && up.hasExt("SMTPUTF8")
+	utf8 := f.utf8 && up.hasExt("SMTPUTF8")
 	mailbox := from.Mailbox
-	if txn.UTF8 && !utf8 {
+	if f.utf8 && !utf8 {
 		var ok bool
 		if mailbox, ok = asciiPath(from); !ok {
 			r.done(up)
@@ -207,11 +229,12 @@ func (r *Relay) mail(ctx context.Context, s *session.Session, up *upstream, from
 	return nil
 }
 
-// rcpt sends RCPT TO on up and returns the upstream's refusal, or nil.
-// gone tells that the connection failed and was closed.
-func (r *Relay) rcpt(ctx context.Context, s *session.Session, up *upstream, to session.Path, params session.Params) (rep *session.Reply, gone bool) {
+// rcpt sends RCPT TO on up (in an SMTPUTF8 transaction when utf8) and
+// returns the upstream's refusal, or nil. gone tells that the connection
+// failed and was closed.
+func (r *Relay) rcpt(ctx context.Context, s *session.Session, up *upstream, to session.Path, params session.Params, utf8 bool) (rep *session.Reply, gone bool) {
 	mailbox := to.Mailbox
-	if ascii(s.Transaction(), up) {
+	if ascii(utf8, up) {
 		var ok bool
 		if mailbox, ok = asciiPath(to); !ok {
 			return replyRcptUTF8, false
@@ -229,11 +252,11 @@ func (r *Relay) rcpt(ctx context.Context, s *session.Session, up *upstream, to s
 	return nil, false
 }
 
-// ascii reports whether the transaction goes to up as ASCII: it is an
-// SMTPUTF8 transaction and up does not offer SMTPUTF8, so the addresses
-// go as A-labels and the header must be ASCII.
-func ascii(txn *session.Transaction, up *upstream) bool {
-	return txn.UTF8 && !up.hasExt("SMTPUTF8")
+// ascii reports whether a transaction goes to up as ASCII: it is an
+// SMTPUTF8 transaction (utf8) and up does not offer SMTPUTF8, so the
+// addresses go as A-labels and the header must be ASCII.
+func ascii(utf8 bool, up *upstream) bool {
+	return utf8 && !up.hasExt("SMTPUTF8")
 }
 
 // bound sets the upstream's timeouts for a hook call with ctx.
