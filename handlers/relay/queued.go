@@ -203,9 +203,10 @@ func (r *Relay) relayQueued(ctx context.Context, s *session.Session, d *session.
 			return
 		}
 	}
-	var final *session.Reply                                          // the reply to the end of data, or the failure that ended the transaction
-	var accepted []int                                                // the recipients the upstream accepted
-	out := outcome{addr: up.addr, tls: up.tls, verified: up.verified} // up may be reused once let go
+	// up may be reused once let go: what the log says of it is kept.
+	out := outcome{addr: up.addr, tls: up.tls, verified: up.verified}
+	var final *session.Reply // the reply to the end of data, or the failure that ended the transaction
+	var accepted []int       // the recipients the upstream accepted
 	defer func() { r.logQueued(s, out, domains, dest, replies, final, len(accepted)) }()
 	if !headerOK && ascii(f.utf8, up) {
 		r.done(up)
