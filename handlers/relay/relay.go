@@ -35,6 +35,20 @@
 // and the client is told to send it again (4xx): the upstream may get it
 // twice; relay cannot take it back.
 //
+// # With a queue
+//
+// When the server queues its messages (session.Session.Queueing), none
+// of the above happens in the session: at RCPT the relay only applies its
+// policy (below) and, to mx, refuses a recipient without a valid domain;
+// it contacts no upstream and accepts any other recipient, of any domain.
+// When the queue delivers (session.Delivery.Queued), Deliver runs the
+// whole upstream transaction: one to the smart host, or to mx one per set
+// of mail servers (the domains that share them share it), and gives each
+// recipient its own outcome (session.Delivery.SetReply): the upstream's
+// refusal of its RCPT, a failure to find or reach its domain's mail
+// servers, or the reply to the end of data. The queue retries the 4xx and
+// bounces the 5xx.
+//
 // # Open relay protection
 //
 // The relay forwards for a recipient only when
