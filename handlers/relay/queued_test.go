@@ -335,3 +335,20 @@ func TestQueuedSmartHost(t *testing.T) {
 		}
 	}
 }
+
+// TestDeliveredReply checks the outcome of a delivered recipient made of
+// the upstream's reply to the end of data: its enhanced code when it has
+// a valid one (taken off every line), 2.0.0 otherwise, and its text.
+func TestDeliveredReply(t *testing.T) {
+	for _, c := range []struct{ text, want string }{
+		{"2.0.0 OK: queued as 4F2", "250 2.0.0 OK: queued as 4F2"},
+		{"2.6.0 queued\n2.6.0 as 4F2", "250 2.6.0 queued as 4F2"},
+		{"Ok", "250 2.0.0 Ok"},
+		{"5.0.0 wrong class", "250 2.0.0 5.0.0 wrong class"},
+		{"", "250 2.0.0 Delivered"},
+	} {
+		if got := deliveredReply(c.text).Error(); got != c.want {
+			t.Errorf("%q: %q, want %q", c.text, got, c.want)
+		}
+	}
+}
