@@ -352,3 +352,38 @@ func TestDeliveredReply(t *testing.T) {
 		}
 	}
 }
+
+// TestQueuedSMTPUTF8 checks that a queued SMTPUTF8 message (the flag kept
+// in its MAIL parameters) goes to an upstream without SMTPUTF8 as ASCII
+// where it can: a domain as A-labels, a recipient whose local part is not
+// ASCII failed with 553 5.6.7 alone; and that a header that is not ASCII
+// fails every recipient with 550 5.6.9, the upstream getting no DATA.
+func TestQueuedSMTPUTF8(t *testing.T) {
+	up := startUpstream(t, upstreamOpts{})
+	r := provisioned(t, &Relay{To: "smtp://" + up.addr, RequireTLS: &off, Domains: []string{"bücher.example"}})
+	srv, addr, q := queueServer(t, r)
+
+	c := queueClient(t, addr, "a@client.example", &smtp.MailOptions{UTF8: true})
+	for _, to := range []string{"user@bücher.example", "ü@bücher.example"} {
+		if got := rcptReply(t, c, to, nil); got != "250" {
+			t.Fatalf("RCPT TO:<%s>: %s, want 250", to, got)
+		}
+	}
+	queueData(t, c)
+	m, _ := q.only(t)
+	checkReplies(t, m, srv.DeliverQueued(context.Background(), m), map[string]string{
+		"user@bücher.example": "250 2.0.0", "ü@bücher.example": "553 5.6.7"})
+	got := up.messages()
+	if len(got) != 1 || got[0].mailOpts.UTF8 || !slices.Equal(got[0].rcpts, []string{"user@xn--bcher-kva.example"}) {
+		t.Fatalf("upstream got %+v", got)
+	}
+
+	// The same message with a header that needs SMTPUTF8.
+	b := []byte("Subject: Grüße\r\n\r\nHallo\r\n")
+	m.Message = session.NewMessage(bytes.NewReader(b), int64(len(b)))
+	checkReplies(t, m, srv.DeliverQueued(context.Background(), m), map[string]string{
+		"user@bücher.example": "550 5.6.9", "ü@bücher.example": "550 5.6.9"})
+	if n := len(up.messages()); n != 1 {
+		t.Errorf("upstream got %d messages, want 1", n)
+	}
+}
