@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -220,5 +221,9 @@ func (srv *Server) queuedSession(ctx context.Context, m *Queued) *Session {
 		s.SetValue(authKey{}, m.Client.AuthUser)
 	}
 	s.txn = &Transaction{ID: m.ID, From: m.From, MailParams: m.MailParams, Recipients: m.Recipients, Start: m.Arrival}
+	_, s.txn.UTF8 = m.MailParams.Get("SMTPUTF8")
+	if body, ok := m.MailParams.Get("BODY"); ok {
+		s.txn.Body = strings.ToUpper(body)
+	}
 	return s
 }
