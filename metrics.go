@@ -77,6 +77,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: []float64{.00001, .0001, .001, .01, .1, 1, 10},
 		}, []string{"handler", "event"})).(*prometheus.HistogramVec),
 	}
+	// The queues' figures, read at each scrape.
+	register(queueCollector{})
 	for _, i := range []int{2, 4, 5} { // the classes a final reply can have
 		m.codeClass[i] = m.messages.WithLabelValues(strconv.Itoa(i) + "xx")
 	}
