@@ -24,6 +24,10 @@ type Reply struct {
 	Lines []string
 	// Close asks the engine to close the connection after sending the reply.
 	Close bool
+	// RemoteMTA names the host that gave this reply when a delivery
+	// passes on an upstream's answer (relay's MX or smart host); never
+	// sent. The queue reports it as the DSN's Remote-MTA.
+	RemoteMTA string
 
 	plain bool // sent without an enhanced code (HELO/EHLO success)
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -205,6 +206,19 @@ func (r *Relay) relayQueued(ctx context.Context, s *session.Session, d *session.
 	}
 	// up may be reused once let go: what the log says of it is kept.
 	out := outcome{addr: up.addr, tls: up.tls, verified: up.verified}
+	host, _, _ := net.SplitHostPort(up.addr)
+	if k := slices.IndexFunc(dest.targets, func(t target) bool { return t.addr == up.addr }); k >= 0 {
+		host = dest.targets[k].name
+	}
+	// remote marks a reply as the upstream's (the DSN's Remote-MTA).
+	remote := func(rep *session.Reply) *session.Reply {
+		if rep == nil {
+			return nil
+		}
+		c := *rep
+		c.RemoteMTA = strings.TrimSuffix(host, ".")
+		return &c
+	}
 	var final *session.Reply // the reply to the end of data, or the failure that ended the transaction
 	var accepted []int       // the recipients the upstream accepted
 	defer func() { r.logQueued(s, out, domains, dest, replies, final, len(accepted)) }()
@@ -214,13 +228,14 @@ func (r *Relay) relayQueued(ctx context.Context, s *session.Session, d *session.
 		set(dest.idx, final)
 		return
 	}
-	if final = r.mail(ctx, s, up, d.From, d.MailParams, d.Message.Size(), f); final != nil {
+	if final = remote(r.mail(ctx, s, up, d.From, d.MailParams, d.Message.Size(), f)); final != nil {
 		set(dest.idx, final)
 		return
 	}
 	for k, i := range dest.idx {
 		rc := d.Recipients[i]
 		rep, gone := r.rcpt(ctx, s, up, rc.Path, rc.Params, f.utf8)
+		rep = remote(rep)
 		if rep == nil {
 			accepted = append(accepted, i)
 			continue
@@ -242,7 +257,7 @@ func (r *Relay) relayQueued(ctx context.Context, s *session.Session, d *session.
 		r.done(up)
 		return
 	}
-	final = r.sendData(ctx, s, up, d.Message)
+	final = remote(r.sendData(ctx, s, up, d.Message))
 	set(accepted, final)
 }
 

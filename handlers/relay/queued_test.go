@@ -241,6 +241,14 @@ func TestQueuedMX(t *testing.T) {
 		"n@null.test":    "556 5.1.10",
 		"z@none.test":    "550 5.1.2",
 	})
+	// The upstream's replies name it (the DSN's Remote-MTA); ours do not.
+	for i, rc := range m.Recipients {
+		want := map[string]string{"refused@a.test": "mx.a.test", "x@b.test": "mx.b.test", "f1@full.test": "mx.full.test",
+			"p@down.test": "", "n@null.test": ""}
+		if w, ok := want[rc.Path.Mailbox]; ok && replies[i].RemoteMTA != w {
+			t.Errorf("%s: RemoteMTA %q, want %q", rc.Path.Mailbox, replies[i].RemoteMTA, w)
+		}
+	}
 
 	got := a.messages()
 	if len(got) != 1 || !slices.Equal(got[0].rcpts, []string{"one@a.test", "two@a.test"}) || got[0].from != "a@client.example" {
