@@ -36,6 +36,7 @@ import (
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/exec"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/greylist"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/iprev"
+	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/lmtp"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/maildir"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/milter"
 	_ "github.com/caddy-esmtp/caddy-esmtp/handlers/policy"
