@@ -401,3 +401,7 @@ var EditJudge = Judge(func(s *session.Session) {
 	s.Transaction().PrependHeader("X-Judged", "yes")
 	s.Transaction().ChangeHeader("Subject", 1, "changed")
 })
+
+// Engine returns the engine the server runs: for what tests do beside
+// the sessions, such as Server.DeliverQueued with a queue.
+func (s *Server) Engine() *session.Server { return s.srv }
