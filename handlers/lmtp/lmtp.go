@@ -175,7 +175,13 @@ func parseAddress(a string) (network, addr string, err error) {
 	}
 	host, port, err := net.SplitHostPort(a)
 	if err != nil {
-		host, port = strings.TrimSuffix(strings.TrimPrefix(a, "["), "]"), defaultPort
+		host, port = a, defaultPort
+		if h, ok := strings.CutPrefix(a, "["); ok {
+			host, ok = strings.CutSuffix(h, "]")
+			if !ok || net.ParseIP(host) == nil {
+				return "", "", fmt.Errorf("%q: not host[:port]", a)
+			}
+		}
 		if strings.Contains(host, ":") && net.ParseIP(host) == nil || strings.ContainsAny(host, "[]") {
 			return "", "", fmt.Errorf("%q: not host[:port] (write an IPv6 address in brackets)", a)
 		}
