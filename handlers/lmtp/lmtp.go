@@ -166,7 +166,7 @@ func (l *LMTP) Provision(ctx caddy.Context) error {
 func parseAddress(a string) (network, addr string, err error) {
 	if path, ok := strings.CutPrefix(a, "unix:"); ok {
 		if path == "" || strings.ContainsAny(path, "\x00") {
-			return "", "", fmt.Errorf("%q: no socket path after unix:", a)
+			return "", "", fmt.Errorf("%q: no socket path after the unix: prefix", a)
 		}
 		return "unix", path, nil
 	}
@@ -199,7 +199,7 @@ func parseAddress(a string) (network, addr string, err error) {
 // address literal ("[192.0.2.1]").
 func validName(s string) bool {
 	if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
-		return len(s) > 2 && strings.Trim(s[1:len(s)-1], "0123456789abcdefABCDEF.:IPv6") == ""
+		return len(s) > 2 && strings.Trim(s[1:len(s)-1], "0123456789abcdefABCDEFIPv.:") == ""
 	}
 	if len(s) > 255 || strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") || strings.Contains(s, "..") {
 		return false
