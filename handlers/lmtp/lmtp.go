@@ -70,7 +70,7 @@ func init() {
 // to the recipient's index, replies must keep their enhanced codes and
 // text, every wait must end with the delivery's context, and the message
 // is streamed through a writer that makes line ends canonical before
-// dot-stuffing; the client is about 300 lines.
+// dot-stuffing; the client is about 350 lines.
 type LMTP struct {
 	// Address is the LMTP server: "unix:/path/to/socket" (a unix
 	// socket, such as Dovecot's /run/dovecot/lmtp), or "host:port" or
