@@ -137,6 +137,7 @@ func TestLMTPDovecotQueue(t *testing.T) {
 		"Action: failed",
 		"Status: 5.1.1",
 		"User doesn't exist",
+		"Remote-MTA: dns; ",
 	} {
 		if !bytes.Contains(dsns[0], []byte(want)) {
 			t.Errorf("the DSN lacks %q:\n%s", want, dsns[0])

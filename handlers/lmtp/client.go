@@ -22,6 +22,7 @@ type conn struct {
 	w       *bufio.Writer
 	ext     map[string]string // LHLO keywords (upper case) and their parameters
 	lhlo    string            // the name we gave in LHLO
+	server  string            // the name the server gave in its LHLO reply
 	timeout time.Duration     // each command, each write
 	idle    time.Time         // when it went back to the pool
 	broken  bool              // not to be used again
@@ -91,6 +92,9 @@ func (c *conn) greet() error {
 	}
 	if r.code != 250 {
 		return fmt.Errorf("LHLO: %s", r)
+	}
+	if name, _, _ := strings.Cut(r.lines[0], " "); validName(name) {
+		c.server = strings.TrimSuffix(name, ".")
 	}
 	c.ext = map[string]string{}
 	for _, l := range r.lines[1:] {

@@ -123,7 +123,7 @@ func (x *exchange) run(ctx context.Context) error {
 		return x.lost("MAIL", err)
 	}
 	if r.code != 250 {
-		return r.sessionReply()
+		return x.remote(r)
 	}
 	var accepted []int // the recipients accepted at RCPT, in order
 	for i, rc := range d.Recipients {
@@ -139,9 +139,9 @@ func (x *exchange) run(ctx context.Context) error {
 			accepted = append(accepted, i)
 			continue
 		}
-		d.SetReply(i, r.sessionReply())
+		d.SetReply(i, x.remote(r))
 		if r.code == 421 {
-			return r.sessionReply()
+			return x.remote(r)
 		}
 	}
 	if len(accepted) == 0 {
@@ -160,7 +160,7 @@ func (x *exchange) run(ctx context.Context) error {
 				c.broken = true
 			}
 		}
-		return r.sessionReply()
+		return x.remote(r)
 	}
 	if err := x.send(); err != nil {
 		return err
@@ -182,7 +182,7 @@ func (x *exchange) run(ctx context.Context) error {
 		if r.code/100 == 2 {
 			x.delivered++
 		}
-		d.SetReply(i, r.sessionReply())
+		d.SetReply(i, x.remote(r))
 		if r.code == 421 {
 			// The server is closing the connection: the recipients it
 			// has not answered are tried again.
@@ -193,6 +193,14 @@ func (x *exchange) run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// remote is the server's reply r as ours, naming the server (the name
+// it gave in LHLO) as the DSN's Remote-MTA.
+func (x *exchange) remote(r *reply) *session.Reply {
+	rep := r.sessionReply()
+	rep.RemoteMTA = x.c.server
+	return rep
 }
 
 // lost logs a connection that failed at step and returns the reply for

@@ -121,7 +121,7 @@ func queuedServer(t *testing.T, l *LMTP) (*smtptest.Server, *memQueue) {
 // Message (session.NewMessage over the stored bytes), as the durable
 // queue will, and each recipient gets its own outcome: Dovecot's 250
 // 2.0.0 "Saved" for the known users (each stored once), its 550 5.1.1
-// for the unknown one.
+// for the unknown one, each naming Dovecot as the remote MTA.
 func TestDovecotFromTheQueue(t *testing.T) {
 	dv := filtertest.StartDovecot(t)
 	l := provision(t, &LMTP{Address: dv.Addr})
@@ -153,6 +153,12 @@ func TestDovecotFromTheQueue(t *testing.T) {
 	for i, r := range replies {
 		if got := r.Error(); !strings.HasPrefix(got, want[i]) {
 			t.Errorf("recipient %d: %q, want %q...", i, got, want[i])
+		}
+	}
+	for i, r := range replies {
+		// Dovecot's name, from its LHLO reply: the DSN's Remote-MTA.
+		if r.RemoteMTA == "" || r.RemoteMTA != replies[0].RemoteMTA {
+			t.Errorf("recipient %d: RemoteMTA %q", i, r.RemoteMTA)
 		}
 	}
 	storedOnce(t, dv, alice, []byte(msg))

@@ -12,7 +12,8 @@
 // memory. After the final dot an LMTP server answers once per recipient it
 // accepted at RCPT, in order: each of those replies, like each refused
 // RCPT, becomes that recipient's outcome (session.Delivery.SetReply), with
-// the server's code, enhanced code and text.
+// the server's code, enhanced code and text, and the name the server gave
+// in its LHLO reply as the reply's RemoteMTA (a DSN's Remote-MTA).
 //
 // Deliver returns nil when the exchange took place, whatever the
 // recipients' fates: from the queue (session.Server.DeliverQueued), each
