@@ -38,6 +38,13 @@ func (l *LMTP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if err := opts.Once(d); err != nil {
 			return err
 		}
+		if opt == "verify_recipients" {
+			if d.NextArg() {
+				return d.Errf("lmtp: verify_recipients takes no value")
+			}
+			l.VerifyRecipients = true
+			continue
+		}
 		var v string
 		if !d.AllArgs(&v) {
 			return d.ArgErr()
@@ -73,7 +80,7 @@ func (l *LMTP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			l.MaxIdle = n
 		default:
-			return d.Errf("lmtp: unknown option %q (known: address, timeout, data_timeout, lhlo_name, max_idle, idle_timeout)", opt)
+			return d.Errf("lmtp: unknown option %q (known: address, timeout, data_timeout, lhlo_name, max_idle, idle_timeout, verify_recipients)", opt)
 		}
 	}
 	if l.Address == "" {

@@ -263,3 +263,32 @@ func TestDovecotDown(t *testing.T) {
 		}
 	}
 }
+
+// TestDovecotVerifyRecipients: with verify_recipients, Dovecot's refusal
+// of an unknown user is the client's reply at RCPT (not a bounce later),
+// a known user is accepted and gets the message, and a Dovecot that
+// cannot be reached gives 451 4.4.1 at RCPT.
+func TestDovecotVerifyRecipients(t *testing.T) {
+	dv := filtertest.StartDovecot(t)
+	l := provision(t, &LMTP{Address: "unix:" + dv.Socket, VerifyRecipients: true})
+	srv := smtptest.Serve(t, l)
+	c := srv.DialTCPHello()
+	c.Cmd("MAIL FROM:<sender@example.test>", "250")
+	if got := c.Cmd("RCPT TO:<"+filtertest.DovecotUnknownUser+">", "550"); !strings.HasPrefix(got, "550 5.1.1 ") || !strings.Contains(got, "User doesn't exist") {
+		t.Errorf("unknown user at RCPT: %q, want Dovecot's 550 5.1.1", got)
+	}
+	alice := user("alice-verify")
+	c.Cmd("RCPT TO:<"+alice+">", "250")
+	c.Cmd("DATA", "354")
+	msg := message("verified")
+	c.Send(strings.ReplaceAll(msg, "\r\n.", "\r\n..") + ".\r\n")
+	c.Expect("250 ")
+	c.Cmd("QUIT", "221")
+	storedOnce(t, dv, alice, []byte(msg))
+
+	down := provision(t, &LMTP{Address: "unix:" + filepath.Join(t.TempDir(), "no-socket"), VerifyRecipients: true})
+	c = smtptest.Serve(t, down).DialTCPHello()
+	c.Cmd("MAIL FROM:<sender@example.test>", "250")
+	c.Cmd("RCPT TO:<"+alice+">", "451 4.4.1")
+	c.Cmd("QUIT", "221")
+}

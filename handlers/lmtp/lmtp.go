@@ -98,6 +98,13 @@ type LMTP struct {
 	MaxIdle int `json:"max_idle,omitempty"`
 	// IdleTimeout is how long an idle connection is kept. Default: 30s.
 	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
+	// VerifyRecipients checks each recipient with the LMTP server at RCPT
+	// (MAIL FROM, RCPT TO, then RSET on a connection of the pool): the
+	// server's refusal (Dovecot's 550 5.1.1 for an unknown user) is the
+	// client's reply, so unknown users are refused during the SMTP
+	// session instead of bounced later. A server that cannot be reached
+	// or does not answer gives 451 4.4.1 (try again).
+	VerifyRecipients bool `json:"verify_recipients,omitempty"`
 
 	network string // "unix" or "tcp"
 	addr    string // the socket's path, or host:port
