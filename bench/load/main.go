@@ -37,6 +37,7 @@ func main() {
 	flag.StringVar(&cfg.To, "to", "sink@example.test", "envelope recipient")
 	flag.StringVar(&cfg.Helo, "helo", "loadgen.example.test", "EHLO name")
 	flag.BoolVar(&cfg.Echo, "echo", false, "no SMTP: connect, write a probe, read it back, close (for an echo server: the bare cost of a connection)")
+	flag.StringVar(&cfg.IDPrefix, "id-prefix", "", "number the messages: each gets its own Message-ID, <bench-PREFIX-NNNNNNNN@example.test> (letters and digits; not with -message)")
 	asJSON := flag.Bool("json", false, "print the result as JSON")
 	msgFile := flag.String("message", "", "send this file as the message, as it is (CRLF line ends, no line starting with '.'), instead of one of -size bytes")
 	flag.Parse()

@@ -82,6 +82,7 @@ func main() {
 	pipeline := flag.Bool("pipeline", false, "instead of the matrix: the message pipeline cells (maildir on disk end to end against Postfix's virtual(8), bytes written per message, RSS of -pipeline-sessions sessions in DATA) into bench/RESULTS-pipeline.md")
 	auth := flag.Bool("auth", false, "instead of the matrix: the inbound MX with authentication cell (spf, dkim, dmarc into a Maildir on disk vs Postfix with policyd-spf, OpenDKIM, OpenDMARC; needs 127.0.0.1:53) into bench/RESULTS-auth.md")
 	filter := flag.Bool("filter", false, "instead of the matrix: the filter cell (caddy-esmtp with milter and with rspamd, Postfix with the same rspamd as its milter, each beside its own run without a filter; Maildir on disk) into bench/RESULTS-filter.md")
+	queue := flag.Bool("queue", false, "instead of the matrix: the queue cell (caddy-esmtp queueing on disk and relaying to a counting sink vs Postfix relaying to the same kind of sink, end to end) into bench/RESULTS-queue.md")
 	pipeSessions := flag.String("pipeline-sessions", "10000", "sessions held in DATA at once for -pipeline's memory cell (a comma-separated list: one measurement each)")
 	profSecs := flag.Int("profile-seconds", 10, "length of each profile")
 	keep := flag.Bool("keep", false, "keep the work directory (configs, server logs)")
@@ -109,6 +110,9 @@ func main() {
 		}
 		if *filter {
 			*out = "bench/RESULTS-filter.md"
+		}
+		if *queue {
+			*out = "bench/RESULTS-queue.md"
 		}
 	}
 	if *jsonOut == "" {
@@ -157,6 +161,9 @@ func main() {
 	if *filter {
 		defs = filterServers()
 	}
+	if *queue {
+		defs = queueServers()
+	}
 	if *only != "" {
 		want := strings.Split(*only, ",")
 		defs = slices.DeleteFunc(defs, func(d *serverDef) bool { return !slices.Contains(want, d.Name) })
@@ -168,6 +175,13 @@ func main() {
 
 	if *profile {
 		if err := h.profile(*profSecs); err != nil {
+			fatal(err)
+		}
+		return
+	}
+	if *queue {
+		r := &report{Env: map[string]string{"cpus": fmt.Sprint(runtime.NumCPU())}, ServerCPUs: h.cpu.serverCPUs, GeneratorCPUs: h.cpu.genCPUs}
+		if err := h.queue(defs, places[0], h.path(*out), h.path(*jsonOut), r.describe(places[0])); err != nil {
 			fatal(err)
 		}
 		return

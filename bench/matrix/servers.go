@@ -52,6 +52,13 @@ type server struct {
 	loadExtra []string
 	// milters are the addresses of the milters a Postfix instance uses.
 	milters []string
+	// sink is the counting SMTP server a relaying server (-queue) sends
+	// its messages to.
+	sink *countSink
+	// countDelivered, if set, counts the messages delivered so far in the
+	// current run instead of the files in new/ of maildirs (-queue: the
+	// distinct messages of the run at the sink).
+	countDelivered func() int
 }
 
 func (s *server) pid() int { return s.cmd.Process.Pid }
@@ -171,6 +178,9 @@ func (s *server) waitReady(timeout time.Duration) error {
 
 // stop ends the server: SIGTERM, then SIGKILL after a few seconds.
 func (s *server) stop() {
+	if s.sink != nil {
+		defer s.sink.close()
+	}
 	if s.cmd == nil || s.cmd.Process == nil {
 		return
 	}
@@ -257,6 +267,24 @@ func startCaddy(variant, logLevel string) func(h *harness, s *server) (*exec.Cmd
 			h.removeLater(d)
 			s.maildirs = []string{filepath.Join(d, "mail")}
 			handler = "maildir " + s.maildirs[0]
+		case "queue":
+			// -queue: store in a queue on disk, relay to the harness's
+			// counting sink (no TLS: loopback; relayed for 127.0.0.1).
+			d, err := os.MkdirTemp(h.diskDir, "bench-queue-")
+			if err != nil {
+				return nil, err
+			}
+			h.removeLater(d)
+			if err := h.startCountSink(s); err != nil {
+				return nil, err
+			}
+			handler = "queue " + filepath.Join(d, "queue") + " {\n" +
+				"\t\t\t\t\t\tworkers 16\n" +
+				"\t\t\t\t\t}\n" +
+				"\t\t\t\t\trelay smtp://" + s.sink.addr + " {\n" +
+				"\t\t\t\t\t\trequire_tls off\n" +
+				"\t\t\t\t\t\trelay_networks 127.0.0.1/32\n" +
+				"\t\t\t\t\t}"
 		case "maildir-disk", "maildir-disk2", "auth", "filter-milter", "filter-rspamd":
 			// maildir-disk2: two maildir sub-handlers in one esmtp
 			// block, every message delivered into both.

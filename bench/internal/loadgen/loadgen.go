@@ -52,6 +52,11 @@ type Config struct {
 	// probe, reads it back and closes. Against an echo server this
 	// measures the bare cost of a connection.
 	Echo bool
+	// IDPrefix, if set, numbers the messages: each one sent gets its own
+	// Message-ID, <bench-IDPREFIX-NNNNNNNN@example.test> (NNNNNNNN: 8 hex
+	// digits counting from 00000000 in this run), so a receiver can count
+	// distinct messages and tell duplicates. Not with Data.
+	IDPrefix string
 	// Data, if set, is the message sent (whole, as it is: see
 	// MessageFromBytes) instead of one of Size bytes.
 	Data []byte
@@ -121,6 +126,15 @@ func Run(cfg Config) (*Result, error) {
 		cfg.Helo = "loadgen.example.test"
 	}
 	msg := NewMessage(cfg.Size, cfg.From, cfg.To)
+	if cfg.IDPrefix != "" {
+		if cfg.Data != nil {
+			return nil, errors.New("numbered Message-IDs need a generated message, not Data")
+		}
+		var err error
+		if msg, err = NewNumberedMessage(cfg.Size, cfg.From, cfg.To, cfg.IDPrefix); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.Data != nil {
 		var err error
 		if msg, err = MessageFromBytes(cfg.Data); err != nil {
@@ -189,6 +203,7 @@ type run struct {
 	ok        atomic.Int64
 	errs      atomic.Int64
 	dials     atomic.Int64
+	seq       atomic.Uint32 // the next numbered Message-ID (Config.IDPrefix)
 	aborted   atomic.Bool
 	pipelined atomic.Bool
 
@@ -410,7 +425,7 @@ func (r *run) send(c *conn) string {
 			}
 		}
 	}
-	if err := r.msg.WriteTo(c.w); err != nil {
+	if err := r.msg.WriteNumbered(c.w, r.seq.Add(1)-1); err != nil {
 		return "write: " + errKind(err)
 	}
 	c.w.WriteString(".\r\n")

@@ -25,15 +25,38 @@ type Message struct {
 	header []byte
 	whole  []byte // the message, when size <= prebuiltMax
 	block  []byte // whole body lines, repeated for large messages
+	// idOff is where the 8 hex digits of a numbered Message-ID start in
+	// header (NewNumberedMessage), 0 if the message is not numbered.
+	idOff int
 }
 
 // NewMessage returns a message of size bytes from from to to. Sizes below
 // the header's length are raised to it plus one empty body line.
 func NewMessage(size int64, from, to string) *Message {
+	return newMessage(size, from, to, fmt.Sprintf("bench-%d", size))
+}
+
+// NewNumberedMessage is NewMessage whose Message-ID is
+// <bench-PREFIX-NNNNNNNN@example.test>, NNNNNNNN the 8 hex digits of the
+// number WriteNumbered is given: every message sent gets its own
+// Message-ID, of a fixed width (the size stays exact), so a receiver can
+// tell a duplicate. prefix is 1 to 32 letters and digits.
+func NewNumberedMessage(size int64, from, to, prefix string) (*Message, error) {
+	if len(prefix) == 0 || len(prefix) > 32 || strings.IndexFunc(prefix, func(r rune) bool {
+		return !(r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z')
+	}) >= 0 {
+		return nil, fmt.Errorf("message id prefix %q: want 1 to 32 letters and digits", prefix)
+	}
+	m := newMessage(size, from, to, "bench-"+prefix+"-00000000")
+	m.idOff = bytes.Index(m.header, []byte("<bench-"+prefix+"-")) + len("<bench-"+prefix+"-")
+	return m, nil
+}
+
+func newMessage(size int64, from, to, idLocal string) *Message {
 	h := fmt.Sprintf("From: <%s>\r\nTo: <%s>\r\nSubject: bench %d bytes\r\n"+
-		"Message-ID: <bench-%d@example.test>\r\nDate: Thu, 1 Jan 2026 00:00:00 +0000\r\n"+
+		"Message-ID: <%s@example.test>\r\nDate: Thu, 1 Jan 2026 00:00:00 +0000\r\n"+
 		"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
-		from, to, size, size)
+		from, to, size, idLocal)
 	m := &Message{header: []byte(h)}
 	if size < int64(len(h))+2 {
 		size = int64(len(h)) + 2
@@ -90,6 +113,29 @@ func (m *Message) WriteTo(w *bufio.Writer) error {
 		return err
 	}
 	if _, err := w.Write(m.header); err != nil {
+		return err
+	}
+	return m.writeBody(w)
+}
+
+// WriteNumbered writes the message like WriteTo, with n as the number in
+// its Message-ID when it is numbered (NewNumberedMessage).
+func (m *Message) WriteNumbered(w *bufio.Writer, n uint32) error {
+	if m.idOff == 0 {
+		return m.WriteTo(w)
+	}
+	const hexd = "0123456789abcdef"
+	var num [8]byte
+	for i := range num {
+		num[7-i] = hexd[n>>(4*i)&0xf]
+	}
+	w.Write(m.header[:m.idOff])
+	w.Write(num[:])
+	if _, err := w.Write(m.header[m.idOff+8:]); err != nil {
+		return err
+	}
+	if m.whole != nil {
+		_, err := w.Write(m.whole[len(m.header):])
 		return err
 	}
 	return m.writeBody(w)

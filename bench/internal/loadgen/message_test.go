@@ -3,6 +3,7 @@ package loadgen
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"testing"
 )
 
@@ -37,5 +38,35 @@ func TestMessageSize(t *testing.T) {
 				t.Fatalf("size %d: line starting with a dot at %d", size, i)
 			}
 		}
+	}
+}
+
+// TestNumberedMessage checks that a numbered message keeps its exact size
+// and carries the number given in its Message-ID, prebuilt or streamed.
+func TestNumberedMessage(t *testing.T) {
+	for _, size := range []int64{10 << 10, prebuiltMax + 12345} {
+		m, err := NewNumberedMessage(size, "a@example.test", "b@example.test", "a1b2c3d4")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range []uint32{0, 0x2a, 0xffffffff} {
+			var buf bytes.Buffer
+			w := bufio.NewWriter(&buf)
+			if err := m.WriteNumbered(w, n); err != nil {
+				t.Fatal(err)
+			}
+			w.Flush()
+			b := buf.Bytes()
+			if int64(len(b)) != size {
+				t.Errorf("size %d, n %x: wrote %d bytes", size, n, len(b))
+			}
+			want := fmt.Sprintf("\r\nMessage-ID: <bench-a1b2c3d4-%08x@example.test>\r\n", n)
+			if !bytes.Contains(b, []byte(want)) {
+				t.Errorf("size %d: no %q in %q", size, want, b[:300])
+			}
+		}
+	}
+	if _, err := NewNumberedMessage(100, "a@example.test", "b@example.test", "a>b"); err == nil {
+		t.Error("prefix a>b accepted")
 	}
 }
