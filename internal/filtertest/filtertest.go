@@ -171,7 +171,13 @@ func Start(tb testing.TB, cmd *exec.Cmd, ready func() error) *Process {
 		tb.Fatalf("start %s: %v", cmd.Path, err)
 	}
 	go func() { p.err = cmd.Wait(); close(p.done) }()
-	tb.Cleanup(p.Stop)
+	tb.Cleanup(func() {
+		exited := p.Exited()
+		p.Stop()
+		if tb.Failed() {
+			tb.Logf("%s (exited before the end: %v, %v) wrote:\n%s", cmd.Path, exited, p.err, p.Output())
+		}
+	})
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		err := ready()

@@ -5,7 +5,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 )
 
@@ -28,9 +27,10 @@ type OpenDKIMOptions struct {
 }
 
 // OpenDKIM starts OpenDKIM (Debian package opendkim) as a signing and
-// verifying milter on a loopback port, as the user opendkim when the
-// tests run as root, and returns its address ("127.0.0.1:port"). It is
-// stopped when the test ends.
+// verifying milter on a unix socket in its private directory, as the
+// user opendkim when the tests run as root, and returns its address for
+// the milter sub-handler ("unix:/path"). It is stopped when the test
+// ends.
 func OpenDKIM(tb testing.TB, o OpenDKIMOptions) string {
 	tb.Helper()
 	prog := Program(tb, "opendkim", "opendkim")
@@ -62,13 +62,15 @@ forward-zone:
 	name: "."
 	forward-addr: %s@%s
 `, dir, host, port), 0o644)
-	addr := FreePort(tb)
-	h, p, _ := strings.Cut(addr, ":")
+	// A unix socket in its private directory: a TCP port found free a
+	// moment ago may be taken by another test's program before OpenDKIM
+	// binds it, and the test would then talk to that one.
+	sock := filepath.Join(dir, "milter.sock")
 	conf := write("opendkim.conf", fmt.Sprintf(`Syslog no
 LogResults yes
 Background no
 Mode sv
-Socket inet:%s@%s
+Socket local:%s
 Domain %s
 Selector %s
 KeyFile %s
@@ -77,9 +79,9 @@ ResolverConfiguration %s
 Canonicalization relaxed/relaxed
 SignatureAlgorithm rsa-sha256
 RequireSafeKeys false
-`, p, h, o.Domain, o.Selector, key, o.AuthservID, unbound), 0o644)
+`, sock, o.Domain, o.Selector, key, o.AuthservID, unbound), 0o644)
 	cmd := Command(acct, prog, "-f", "-x", conf)
 	cmd.Dir = dir
-	Start(tb, cmd, MilterReady("tcp", addr))
-	return addr
+	Start(tb, cmd, MilterConnects("unix", sock))
+	return "unix:" + sock
 }
