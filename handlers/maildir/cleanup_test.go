@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/durable"
 	"github.com/caddy-esmtp/caddy-esmtp/internal/smtptest"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
@@ -76,8 +77,8 @@ func TestProvisionCleansLeftovers(t *testing.T) {
 func TestCleanupSparesDeliveryInFlight(t *testing.T) {
 	// Named tmp/ files, as where the file system has no unnamed ones:
 	// those are what a cleanup could take.
-	unnamedOff.Store(true)
-	t.Cleanup(func() { unnamedOff.Store(false) })
+	durable.UnnamedOff.Store(true)
+	t.Cleanup(func() { durable.UnnamedOff.Store(false) })
 	dir := filepath.Join(t.TempDir(), "mail")
 	slow := &blockingDelivery{entered: make(chan struct{}), release: make(chan struct{})}
 	ts := smtptest.ServeConfig(t, session.Config{}, provision(t, dir), slow)

@@ -60,6 +60,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-esmtp/caddy-esmtp/internal/caddyopt"
+	"github.com/caddy-esmtp/caddy-esmtp/internal/durable"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -228,11 +229,11 @@ func makeMaildir(dir string) error {
 			return err
 		}
 	}
-	if err := syncDir(dir); err != nil {
+	if err := durable.SyncDir(dir); err != nil {
 		return err
 	}
 	for _, p := range created {
-		if err := syncDir(filepath.Dir(p)); err != nil {
+		if err := durable.SyncDir(filepath.Dir(p)); err != nil {
 			return err
 		}
 	}
@@ -330,7 +331,7 @@ next:
 		}
 		seen = append(seen, fi)
 		p.homes = append(p.homes, dir)
-		if f, err := openUnnamed(filepath.Join(dir, "tmp")); err != nil {
+		if f, err := durable.OpenUnnamed(filepath.Join(dir, "tmp")); err != nil {
 			return err
 		} else if f != nil {
 			p.files = append(p.files, tmpFile{f: f})
@@ -388,10 +389,10 @@ func (p *prepared) Commit() (err error) {
 		t := &p.files[i]
 		dst := filepath.Join(p.homes[i], "new", p.name)
 		if t.f != nil {
-			err := linkUnnamed(t.f, dst)
+			err := durable.LinkUnnamed(t.f, dst)
 			if err == nil {
 				linked = append(linked, dst)
-				if err := syncNew(filepath.Join(p.homes[i], "new")); err != nil {
+				if err := durable.GroupSync(filepath.Join(p.homes[i], "new")); err != nil {
 					return err
 				}
 				continue
@@ -402,7 +403,7 @@ func (p *prepared) Commit() (err error) {
 			// The file system made the unnamed file but this process
 			// cannot link it (no /proc, say): from now on, named files.
 			p.m.logger.Warn("unnamed tmp/ files cannot be linked here; using named ones", zap.Error(err))
-			unnamedOff.Store(true)
+			durable.UnnamedOff.Store(true)
 			t.f.Close()
 			t.f = nil
 			if t.path, err = writeNamed(p.homes[i], p.name, p.msg); err != nil {
@@ -413,7 +414,7 @@ func (p *prepared) Commit() (err error) {
 			return err
 		}
 		linked = append(linked, dst)
-		if err := syncNew(filepath.Join(p.homes[i], "new")); err != nil {
+		if err := durable.GroupSync(filepath.Join(p.homes[i], "new")); err != nil {
 			return err
 		}
 	}
@@ -547,15 +548,6 @@ func pathSafe(v string) string {
 		return "_"
 	}
 	return v
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
 
 // UnmarshalCaddyfile sets up the sub-handler from Caddyfile tokens. Syntax:

@@ -1,6 +1,6 @@
 //go:build linux
 
-package maildir
+package durable
 
 import (
 	"errors"
@@ -11,14 +11,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// unnamedOff is set once this process found it cannot link unnamed files
-// (see linkUnnamed): from then on every delivery writes a named tmp/ file.
-var unnamedOff atomic.Bool
+// UnnamedOff is set once this process found it cannot link unnamed files
+// (see LinkUnnamed): from then on every writer uses a named temporary file.
+var UnnamedOff atomic.Bool
 
-// openUnnamed opens an unnamed file for writing in dir (O_TMPFILE), or
+// OpenUnnamed opens an unnamed file for writing in dir (O_TMPFILE), or
 // returns nil, nil where the file system (or the process) cannot have one.
-func openUnnamed(dir string) (*os.File, error) {
-	if unnamedOff.Load() {
+func OpenUnnamed(dir string) (*os.File, error) {
+	if UnnamedOff.Load() {
 		return nil, nil
 	}
 	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_WRONLY|unix.O_CLOEXEC, 0o600)
@@ -31,10 +31,10 @@ func openUnnamed(dir string) (*os.File, error) {
 	return nil, err
 }
 
-// linkUnnamed gives the unnamed file f the name dst, never replacing a
+// LinkUnnamed gives the unnamed file f the name dst, never replacing a
 // file (EEXIST). Linking by descriptor needs CAP_DAC_READ_SEARCH; without
 // it, the file's /proc/self/fd entry is linked instead.
-func linkUnnamed(f *os.File, dst string) error {
+func LinkUnnamed(f *os.File, dst string) error {
 	fd := int(f.Fd())
 	err := unix.Linkat(fd, "", unix.AT_FDCWD, dst, unix.AT_EMPTY_PATH)
 	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EPERM) {

@@ -1,23 +1,25 @@
-package maildir
+package durable
 
 import (
 	"sync"
 )
 
-// Group commit of new/: every delivery fsyncs new/ after linking its file
-// there, so that the link survives a crash before the 250. Deliveries into
-// one Maildir at the same time share those fsyncs: a delivery waits for an
-// fsync of new/ that started after its link, and one fsync serves every
-// delivery that linked while the one before ran. Under load that is one
-// directory fsync for many messages instead of one each; alone, a delivery
+// Group commit of a directory: a writer fsyncs the directory after linking
+// its file there (a Maildir's new/, the queue's directory), so that the
+// link survives a crash before the 250. Writers into one directory at the
+// same time share those fsyncs: a writer waits for an fsync of the
+// directory that started after its link, and one fsync serves every
+// writer that linked while the one before ran. Under load that is one
+// directory fsync for many messages instead of one each; alone, a writer
 // waits for nothing but its own.
 
 // dirSyncers holds one syncer per directory path.
 var dirSyncers sync.Map // string -> *dirSyncer
 
-// syncNew fsyncs dir (a Maildir's new/) for a link made before the call,
-// sharing the fsync with concurrent callers.
-func syncNew(dir string) error {
+// GroupSync fsyncs dir for a link (or rename, or unlink) made before the
+// call, sharing the fsync with concurrent callers: it returns once an
+// fsync of dir that started after the call has finished.
+func GroupSync(dir string) error {
 	d, ok := dirSyncers.Load(dir)
 	if !ok {
 		d, _ = dirSyncers.LoadOrStore(dir, &dirSyncer{dir: dir})
@@ -55,7 +57,7 @@ func (d *dirSyncer) sync() error {
 		d.started++
 		gen := d.started
 		d.mu.Unlock()
-		err := syncDir(d.dir)
+		err := SyncDir(d.dir)
 		d.mu.Lock()
 		d.running = false
 		d.done = gen
