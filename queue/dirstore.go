@@ -11,28 +11,40 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
+	"sync/atomic"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-esmtp/caddy-esmtp/internal/durable"
 )
 
 // DirStore is a Store in one directory of the local file system:
 //
 //	<dir>/.lock          held (flock) while a DirStore has the directory open
-//	<dir>/<id>.msg       the message, written once, never changed
-//	<dir>/<id>.state     the entry (EncodeState), replaced atomically
+//	<dir>/<id>.msg       the entry file: the message, then the state Put
+//	                     stored, then a trailer (see FileVersion); written
+//	                     once, never changed
+//	<dir>/<id>.state     the entry's later state (EncodeState), if any:
+//	                     overrides the one in <id>.msg; replaced atomically
 //	<dir>/.tmp-*         files being written; never read
 //	<dir>/corrupt/       entries set aside by OpenDir (see there)
 //
-// Every commit is a temporary file written and fsynced, then linked or
-// renamed to its name, then the directory fsynced: Put writes the message
-// first and its state last, so a message without a state was never
-// acknowledged; Remove deletes the state first.
+// Put writes the entry file (to an unnamed file where the file system has
+// them, else a named temporary one), fsyncs it, links it to <id>.msg and
+// fsyncs the directory, that fsync shared with the Puts and Updates that
+// need one at the same time (durable.GroupSync): one file fsync and at
+// most one directory fsync per message. Update writes <id>.state the same
+// way (a named temporary file renamed over the old one). Remove unlinks
+// <id>.msg first (the entry is gone), then, if there is one, <id>.state
+// after a directory fsync (so that no crash leaves the entry file with
+// an older state than the last stored); the unlink is not fsynced: an
+// entry a power loss brings back is delivered again (at least once).
 type DirStore struct {
 	dir  string
 	log  *zap.Logger
 	lock *os.File
-	mu   sync.Mutex // serialises the directory syncs of concurrent commits
+	// unnamed: Put writes unnamed files (O_TMPFILE), linkable here.
+	unnamed atomic.Bool
 }
 
 const (
@@ -43,11 +55,12 @@ const (
 
 // OpenDir opens (creating it, mode 0700, if needed) the directory store at
 // dir, locks it against other processes, and recovers it from any crash:
-// temporary files are removed; a message without a state (Put was cut
-// before it returned, so nobody got a 250 for it) is removed; a state
-// without a message, a state that does not decode, and a state whose size
-// does not match its message are logged at ERROR and moved to corrupt/
-// for an operator, out of the queue. log may be nil.
+// temporary files are removed; a state without an entry file (Remove was
+// cut between its two unlinks) is removed; an entry file that does not
+// decode (no trailer, an unknown version, a state that does not decode or
+// whose size disagrees with the message), or whose <id>.state does not, is
+// logged at ERROR and moved to corrupt/ for an operator, out of the queue.
+// log may be nil.
 func OpenDir(dir string, log *zap.Logger) (*DirStore, error) {
 	if log == nil {
 		log = zap.NewNop()
@@ -68,7 +81,25 @@ func OpenDir(dir string, log *zap.Logger) (*DirStore, error) {
 		lock.Close()
 		return nil, err
 	}
+	s.unnamed.Store(s.probeUnnamed())
 	return s, nil
+}
+
+// probeUnnamed reports whether unnamed files can be made and linked in the
+// directory (Linux's O_TMPFILE; linking one may need /proc).
+func (s *DirStore) probeUnnamed() bool {
+	f, err := durable.OpenUnnamed(s.dir)
+	if err != nil || f == nil {
+		return false
+	}
+	defer f.Close()
+	p := s.tempName("probe")
+	if err := durable.LinkUnnamed(f, p); err != nil {
+		s.log.Info("unnamed files cannot be linked in the queue directory; using named temporary files", zap.Error(err))
+		return false
+	}
+	os.Remove(p)
+	return true
 }
 
 // Close releases the directory.
@@ -102,38 +133,29 @@ func (s *DirStore) recover() error {
 			states[strings.TrimSuffix(name, stateExt)] = true
 		}
 	}
-	for id := range msgs {
-		if states[id] {
+	for id := range states {
+		if msgs[id] {
 			continue
 		}
-		if err := os.Remove(s.path(id, msgExt)); err != nil {
+		if err := os.Remove(s.path(id, stateExt)); err != nil {
 			return err
 		}
-		s.log.Info("removed a message that was never acknowledged", zap.String("queue_id", id))
+		s.log.Info("removed the state of a removed entry", zap.String("queue_id", id))
 		changed = true
 	}
-	for id := range states {
-		why := ""
-		if !msgs[id] {
-			why = "state without a message"
-		} else if e, err := s.Get(context.Background(), id); err != nil {
-			why = err.Error()
-		} else if fi, err := os.Stat(s.path(id, msgExt)); err != nil {
-			why = err.Error()
-		} else if fi.Size() != e.Size {
-			why = fmt.Sprintf("message is %d bytes, state says %d", fi.Size(), e.Size)
-		}
-		if why == "" {
+	for id := range msgs {
+		_, err := s.Get(context.Background(), id)
+		if err == nil {
 			continue
 		}
 		if err := s.setAside(id); err != nil {
 			return err
 		}
-		s.log.Error("queue entry set aside in corrupt/", zap.String("queue_id", id), zap.String("error", why))
+		s.log.Error("queue entry set aside in corrupt/", zap.String("queue_id", id), zap.Error(err))
 		changed = true
 	}
 	if changed {
-		return syncDir(s.dir)
+		return durable.SyncDir(s.dir)
 	}
 	return nil
 }
@@ -150,7 +172,7 @@ func (s *DirStore) setAside(id string) error {
 			return err
 		}
 	}
-	return syncDir(cdir)
+	return durable.SyncDir(cdir)
 }
 
 // Put implements Store.
@@ -158,66 +180,85 @@ func (s *DirStore) Put(ctx context.Context, e *Entry, msg io.Reader) (err error)
 	if err := e.check(); err != nil {
 		return err
 	}
-	if _, err := os.Lstat(s.path(e.ID, stateExt)); err == nil {
+	msgPath := s.path(e.ID, msgExt)
+	if _, err := os.Lstat(msgPath); err == nil {
 		return ErrExists
 	}
-	msgPath := s.path(e.ID, msgExt)
-	tmp, err := s.tempFile(e.ID + msgExt)
-	if err != nil {
-		return err
+	var f *os.File
+	unnamed := s.unnamed.Load()
+	if unnamed {
+		if f, err = durable.OpenUnnamed(s.dir); err != nil {
+			return err
+		}
+		unnamed = f != nil
+	}
+	if !unnamed {
+		if f, err = s.tempFile(e.ID + msgExt); err != nil {
+			return err
+		}
 	}
 	linked := false
 	defer func() {
+		if f != nil {
+			f.Close()
+		}
 		if err != nil {
-			os.Remove(tmp.Name())
+			if !unnamed {
+				os.Remove(f.Name())
+			}
 			if linked {
 				os.Remove(msgPath)
 			}
 		}
 	}()
-	n, err := io.Copy(tmp, ctxReader{ctx, msg})
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
+	n, err := io.Copy(f, ctxReader{ctx, msg})
 	if err != nil {
 		return err
 	}
-	// Link, not rename: never replace the message of another entry.
-	if err = os.Link(tmp.Name(), msgPath); err != nil {
+	e.Size = n
+	b, err := EncodeState(e)
+	if err != nil {
+		return err
+	}
+	if _, err = f.Write(appendTrailer(b, len(b))); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	// Link, not rename: never replace the entry file of another entry.
+	if unnamed {
+		err = durable.LinkUnnamed(f, msgPath)
+		if err != nil && !errors.Is(err, fs.ErrExist) {
+			s.unnamed.Store(false) // the next Puts use named files
+		}
+	} else {
+		err = os.Link(f.Name(), msgPath)
+	}
+	if err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			err = ErrExists
 		}
 		return err
 	}
 	linked = true
-	os.Remove(tmp.Name())
-	if err = s.syncDir(); err != nil {
-		return err
+	if !unnamed {
+		os.Remove(f.Name()) // a leftover name is removed by OpenDir
 	}
-	e.Size = n
-	return s.writeState(e, false)
+	return durable.GroupSync(s.dir)
 }
 
 // Update implements Store.
-func (s *DirStore) Update(ctx context.Context, e *Entry) error {
+func (s *DirStore) Update(ctx context.Context, e *Entry) (err error) {
 	if !ValidID(e.ID) {
 		return ErrInvalidID
 	}
-	if _, err := os.Lstat(s.path(e.ID, stateExt)); err != nil {
+	if _, err := os.Lstat(s.path(e.ID, msgExt)); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return ErrNotFound
 		}
 		return err
 	}
-	return s.writeState(e, true)
-}
-
-// writeState commits e's state: a new one (linked, never replacing) or a
-// replacement (renamed over the old one).
-func (s *DirStore) writeState(e *Entry, replace bool) (err error) {
 	b, err := EncodeState(e)
 	if err != nil {
 		return err
@@ -241,67 +282,66 @@ func (s *DirStore) writeState(e *Entry, replace bool) (err error) {
 	if err != nil {
 		return err
 	}
-	final := s.path(e.ID, stateExt)
-	if replace {
-		err = os.Rename(tmp.Name(), final)
-	} else {
-		if err = os.Link(tmp.Name(), final); err == nil {
-			os.Remove(tmp.Name())
-		} else if errors.Is(err, fs.ErrExist) {
-			err = ErrExists
-		}
-	}
-	if err != nil {
+	if err = os.Rename(tmp.Name(), s.path(e.ID, stateExt)); err != nil {
 		return err
 	}
-	return s.syncDir()
+	return durable.GroupSync(s.dir)
+}
+
+// tempName returns a new name for a temporary file for name.
+func (s *DirStore) tempName(name string) string {
+	var r [8]byte
+	rand.Read(r[:])
+	return filepath.Join(s.dir, tmpPrefix+name+"-"+hex.EncodeToString(r[:]))
 }
 
 // tempFile creates a new temporary file for name.
 func (s *DirStore) tempFile(name string) (*os.File, error) {
-	var r [8]byte
-	rand.Read(r[:])
-	return os.OpenFile(filepath.Join(s.dir, tmpPrefix+name+"-"+hex.EncodeToString(r[:])),
-		os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	return os.OpenFile(s.tempName(name), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 }
 
-func (s *DirStore) syncDir() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return syncDir(s.dir)
-}
-
-// syncDir fsyncs a directory, making the names in it durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-// Get implements Store.
+// Get implements Store: the state in <id>.state if there is one, else the
+// one in <id>.msg. Either's Size must be the message's.
 func (s *DirStore) Get(_ context.Context, id string) (*Entry, error) {
 	if !ValidID(id) {
 		return nil, ErrInvalidID
 	}
-	b, err := os.ReadFile(s.path(id, stateExt))
+	f, err := os.Open(s.path(id, msgExt))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, ErrNotFound
 		}
 		return nil, err
 	}
-	e, err := DecodeState(b)
+	defer f.Close()
+	fi, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", id, err)
+		return nil, err
+	}
+	b, err := os.ReadFile(s.path(id, stateExt))
+	override := err == nil
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	e, size, err := readEntryFile(f, fi.Size(), !override)
+	if err != nil {
+		return nil, fmt.Errorf("%s%s: %w", id, msgExt, err)
+	}
+	where := msgExt
+	if override {
+		where = stateExt
+		if len(b) > maxState {
+			return nil, fmt.Errorf("%s%s: queue: state too large", id, stateExt)
+		}
+		if e, err = DecodeState(b); err != nil {
+			return nil, fmt.Errorf("%s%s: %w", id, stateExt, err)
+		}
+		if e.Size != size {
+			return nil, fmt.Errorf("%s%s: message is %d bytes, state says %d", id, stateExt, size, e.Size)
+		}
 	}
 	if e.ID != id {
-		return nil, fmt.Errorf("queue: %s%s holds entry %s", id, stateExt, e.ID)
+		return nil, fmt.Errorf("queue: %s%s holds entry %s", id, where, e.ID)
 	}
 	return e, nil
 }
@@ -314,7 +354,7 @@ func (s *DirStore) List(ctx context.Context) ([]*Entry, error) {
 	}
 	var out []*Entry
 	for _, de := range ents {
-		id, ok := strings.CutSuffix(de.Name(), stateExt)
+		id, ok := strings.CutSuffix(de.Name(), msgExt)
 		if !ok || !ValidID(id) {
 			continue
 		}
@@ -347,7 +387,12 @@ func (s *DirStore) Open(_ context.Context, id string) (Message, error) {
 		f.Close()
 		return nil, err
 	}
-	return fileMessage{f, fi.Size()}, nil
+	_, size, err := readEntryFile(f, fi.Size(), false)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s%s: %w", id, msgExt, err)
+	}
+	return fileMessage{f, size}, nil
 }
 
 // Remove implements Store.
@@ -355,24 +400,51 @@ func (s *DirStore) Remove(_ context.Context, id string) error {
 	if !ValidID(id) {
 		return ErrInvalidID
 	}
-	if err := os.Remove(s.path(id, stateExt)); err != nil {
+	if err := os.Remove(s.path(id, msgExt)); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return ErrNotFound
 		}
 		return err
 	}
-	if err := os.Remove(s.path(id, msgExt)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	statePath := s.path(id, stateExt)
+	if _, err := os.Lstat(statePath); err != nil {
+		return nil // the common case: the entry never had a later state
+	}
+	// The entry file's unlink must be durable before the state's: an
+	// entry file back without its state would deliver again what the
+	// state says was delivered.
+	if err := durable.GroupSync(s.dir); err != nil {
 		return err
 	}
-	return s.syncDir()
+	if err := os.Remove(statePath); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
+// fileMessage is the message part of an entry file: its first size bytes.
 type fileMessage struct {
-	*os.File
+	f    *os.File
 	size int64
 }
 
-func (m fileMessage) Size() int64 { return m.size }
+func (m fileMessage) Size() int64  { return m.size }
+func (m fileMessage) Close() error { return m.f.Close() }
+
+// ReadAt reads the message, never the state after it.
+func (m fileMessage) ReadAt(p []byte, off int64) (int, error) {
+	if off >= m.size {
+		return 0, io.EOF
+	}
+	if rest := m.size - off; int64(len(p)) > rest {
+		n, err := m.f.ReadAt(p[:rest], off)
+		if err == nil {
+			err = io.EOF
+		}
+		return n, err
+	}
+	return m.f.ReadAt(p, off)
+}
 
 // ctxReader stops reading when ctx is done.
 type ctxReader struct {

@@ -55,6 +55,9 @@ func TestDirStore(t *testing.T) {
 	if e.Size != 7 {
 		t.Errorf("Size %d", e.Size)
 	}
+	if n := names(t, dir); strings.Join(n, " ") != ".lock ID1.msg" {
+		t.Errorf("after Put: %v", n)
+	}
 	if err := s.Put(ctx, sampleEntry("ID1"), strings.NewReader("other")); !errors.Is(err, ErrExists) {
 		t.Errorf("second Put: %v", err)
 	}
@@ -129,6 +132,22 @@ type errReader struct{}
 
 func (errReader) Read([]byte) (int, error) { return 0, errors.New("connection reset") }
 
+// entryFile returns an entry file (see FileVersion) of msg and e's state
+// as Put writes it, e.Size set to the message's size unless size >= 0.
+func entryFile(t *testing.T, e *Entry, msg string, size int64) string {
+	t.Helper()
+	e = e.Clone()
+	e.Size = int64(len(msg))
+	if size >= 0 {
+		e.Size = size
+	}
+	b, err := EncodeState(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return msg + string(appendTrailer(b, len(b)))
+}
+
 // TestDirStoreRecovery: what OpenDir does with what a crash can leave.
 func TestDirStoreRecovery(t *testing.T) {
 	dir := t.TempDir()
@@ -137,45 +156,136 @@ func TestDirStoreRecovery(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	state := func(e *Entry) string {
+	state := func(e *Entry, size int64) string {
+		e = e.Clone()
+		e.Size = size
 		b, err := EncodeState(e)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return string(b)
 	}
+	// An entry with a later state: the state overrides the entry file's.
 	good := sampleEntry("GOOD")
-	good.Size = 5
-	write("GOOD.msg", "hello")
-	write("GOOD.state", state(good))
+	write("GOOD.msg", entryFile(t, good, "hello", -1))
+	later := good.Clone()
+	later.Recipients[0].State, later.Attempts = Delivered, 3
+	write("GOOD.state", state(later, 5))
+	// An entry as Put stored it: its state is the entry file's.
+	write("HEADER.msg", entryFile(t, sampleEntry("HEADER"), "just put", -1))
+	// Half-written temporary files (a named one for an entry file cut
+	// before its link, a state cut before its rename).
 	write(".tmp-HALF.msg-0011", "half a mess")
 	write(".tmp-GOOD.state-0022", "{\"vers")
-	write("NOSTATE.msg", "never acknowledged")
-	nomsg := sampleEntry("NOMSG")
-	write("NOMSG.state", state(nomsg))
-	write("BAD.msg", "x")
+	// Remove cut between its unlinks: the state of a removed entry.
+	write("GONE.state", state(sampleEntry("GONE"), 4))
+	// Set aside: the old two-file layout (a bare message), a newer file
+	// version, a state that does not decode, sizes that disagree, an
+	// entry file of another entry.
+	write("OLD.msg", "a message of the old layout")
+	write("OLD.state", state(sampleEntry("OLD"), 27))
+	v3 := strings.Replace(entryFile(t, sampleEntry("V3"), "future", -1), trailerMagic+"002", trailerMagic+"003", 1)
+	write("V3.msg", v3)
+	write("BAD.msg", entryFile(t, sampleEntry("BAD"), "x", -1))
 	write("BAD.state", "{\"version\": 1, \"entry\": {\"id\": \"BAD\"}}")
-	short := sampleEntry("SHORT")
-	short.Size = 100
-	write("SHORT.msg", "cut")
-	write("SHORT.state", state(short))
+	write("SHORT.msg", entryFile(t, sampleEntry("SHORT"), "cut", 100))
+	write("LONG.msg", entryFile(t, sampleEntry("LONG"), "message", -1))
+	write("LONG.state", state(sampleEntry("LONG"), 70))
+	write("OTHER.msg", entryFile(t, sampleEntry("GOOD"), "whose?", -1))
 
 	s, err := OpenDir(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	want := []string{".lock", "GOOD.msg", "GOOD.state", "corrupt"}
+	want := []string{".lock", "GOOD.msg", "GOOD.state", "HEADER.msg", "corrupt"}
 	if got := names(t, dir); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("after recovery: %v, want %v", got, want)
 	}
-	want = []string{"BAD.msg", "BAD.state", "NOMSG.state", "SHORT.msg", "SHORT.state"}
+	want = []string{"BAD.msg", "BAD.state", "LONG.msg", "LONG.state", "OLD.msg", "OLD.state", "OTHER.msg", "SHORT.msg", "V3.msg"}
 	if got := names(t, filepath.Join(dir, "corrupt")); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("set aside: %v, want %v", got, want)
 	}
-	if l, err := s.List(context.Background()); err != nil || len(l) != 1 || l[0].ID != "GOOD" {
-		t.Errorf("List: %v %v", l, err)
+	ctx := context.Background()
+	l, err := s.List(ctx)
+	if err != nil || len(l) != 2 {
+		t.Fatalf("List: %v %v", l, err)
 	}
+	if e, err := s.Get(ctx, "GOOD"); err != nil || e.Recipients[0].State != Delivered || e.Attempts != 3 || e.Size != 5 {
+		t.Errorf("GOOD: the later state does not override: %+v %v", e, err)
+	}
+	if e, err := s.Get(ctx, "HEADER"); err != nil || e.Recipients[0].State != Pending || e.Size != 8 {
+		t.Errorf("HEADER: %+v %v", e, err)
+	}
+	for id, msg := range map[string]string{"GOOD": "hello", "HEADER": "just put"} {
+		m, err := s.Open(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(Reader(m))
+		m.Close()
+		if string(b) != msg || m.Size() != int64(len(msg)) {
+			t.Errorf("%s: message %q (%d bytes)", id, b, m.Size())
+		}
+	}
+}
+
+// TestEntryFileVersions: the trailer is checked strictly, and an unknown
+// version is refused by name.
+func TestEntryFileVersions(t *testing.T) {
+	good := entryFile(t, sampleEntry("ID"), "message", -1)
+	read := func(f string) error {
+		_, _, err := readEntryFile(strings.NewReader(f), int64(len(f)), true)
+		return err
+	}
+	if err := read(good); err != nil {
+		t.Fatal(err)
+	}
+	err := read(strings.Replace(good, trailerMagic+"002", trailerMagic+"003", 1))
+	if err == nil || !strings.Contains(err.Error(), "version 3 unknown") {
+		t.Errorf("version 3: %v", err)
+	}
+	for name, bad := range map[string]string{
+		"empty":           "",
+		"bare message":    "Subject: x\r\n\r\nhello\r\n",
+		"truncated":       good[:len(good)-1],
+		"state too long":  "x" + strings.Replace(good, trailerMagic+"002 ", trailerMagic+"002 9", 1)[1:],
+		"not decimal":     strings.Replace(good, trailerMagic+"002 0", trailerMagic+"002 x", 1),
+		"no newline":      good[:len(good)-1] + " ",
+		"version 1":       strings.Replace(good, trailerMagic+"002", trailerMagic+"001", 1),
+		"size mismatch":   "y" + good,
+		"state truncated": good[:len(good)-trailerLen-2] + good[len(good)-trailerLen:],
+	} {
+		if err := read(bad); err == nil {
+			t.Errorf("%s: read", name)
+		}
+	}
+}
+
+// FuzzReadEntryFile: reading an entry file never panics, and what it
+// accepts is written back the same way.
+func FuzzReadEntryFile(f *testing.F) {
+	f.Add([]byte(entryFile(&testing.T{}, sampleEntry("ID"), "Subject: x\r\n\r\nbody\r\n", -1)))
+	f.Add([]byte(entryFile(&testing.T{}, sampleEntry("ID"), "", -1)))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e, size, err := readEntryFile(bytes.NewReader(b), int64(len(b)), true)
+		if err != nil {
+			return
+		}
+		if size < 0 || size > int64(len(b)) || e.Size != size {
+			t.Fatalf("message of %d bytes in a file of %d, state says %d", size, len(b), e.Size)
+		}
+		again := entryFile(t, e, string(b[:size]), -1)
+		e2, size2, err := readEntryFile(strings.NewReader(again), int64(len(again)), true)
+		if err != nil || size2 != size {
+			t.Fatalf("written back, it does not read: %v", err)
+		}
+		s1, _ := EncodeState(e)
+		s2, _ := EncodeState(e2)
+		if !bytes.Equal(s1, s2) {
+			t.Fatalf("not stable:\n%s\n%s", s1, s2)
+		}
+	})
 }
 
 func TestDecodeStateStrict(t *testing.T) {
@@ -227,4 +337,38 @@ func FuzzDecodeState(f *testing.F) {
 			t.Fatalf("not stable:\n%s\n%s", enc, enc2)
 		}
 	})
+}
+
+// TestDirStoreNamedFiles: where unnamed files cannot be linked, Put writes
+// a named temporary file and leaves nothing of it.
+func TestDirStoreNamedFiles(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := OpenDir(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	t.Logf("unnamed files here: %v", s.unnamed.Load())
+	s.unnamed.Store(false)
+	if err := s.Put(ctx, sampleEntry("ID1"), strings.NewReader("message")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(ctx, sampleEntry("ID1"), strings.NewReader("other")); !errors.Is(err, ErrExists) {
+		t.Errorf("second Put: %v", err)
+	}
+	if n := names(t, dir); strings.Join(n, " ") != ".lock ID1.msg" {
+		t.Errorf("after Put: %v", n)
+	}
+	m, err := s.Open(ctx, "ID1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if b, _ := io.ReadAll(Reader(m)); string(b) != "message" {
+		t.Errorf("message %q", b)
+	}
+	if e, err := s.Get(ctx, "ID1"); err != nil || e.Size != 7 {
+		t.Errorf("Get: %+v %v", e, err)
+	}
 }

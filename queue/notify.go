@@ -17,8 +17,9 @@ import (
 // queued before the recipients are marked reported, so a crash between
 // the two sends it twice, never zero times. A message from the null
 // sender gets none (logged). On failure to queue it, the entry is tried
-// again after RetryInterval.
-func (q *Queue) notify(ctx context.Context, it *item, e *Entry, deleting bool) {
+// again after RetryInterval. It reports whether it changed e's states:
+// the caller stores them (or removes the entry).
+func (q *Queue) notify(ctx context.Context, it *item, e *Entry, deleting bool) bool {
 	now := q.clock.Now()
 	changed := false
 	var report []int
@@ -77,9 +78,7 @@ func (q *Queue) notify(ctx context.Context, it *item, e *Entry, deleting bool) {
 			zap.String("to", e.From), zap.Int("recipients", len(report)))
 		mark()
 	}
-	if changed {
-		q.save(ctx, it, e)
-	}
+	return changed
 }
 
 // queueDSN builds the report on the recipients report of e and queues it.

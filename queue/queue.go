@@ -414,25 +414,62 @@ func (q *Queue) save(ctx context.Context, it *item, e *Entry) {
 
 // pass is one delivery pass over an entry: the attempt if due (or
 // forced), the notifications, the removal of a finished entry.
+//
+// The states are stored after the attempt, and again once the DSN they
+// call for is queued, except where the entry is removed right after
+// instead: an attempt that leaves every recipient final with no DSN due
+// (all delivered, no NOTIFY=SUCCESS) stores nothing before the removal,
+// and a pass that queued the last DSN does not store the recipients as
+// reported before removing the entry. A crash before the removal then
+// makes the cut pass again (its deliveries, its DSN): at least once.
 func (q *Queue) pass(ctx context.Context, it *item, e *Entry, force bool) {
 	now := q.clock.Now()
+	dirty := false
 	if force || !e.NextAttempt.After(now) {
-		q.attempt(ctx, it, e)
+		dirty = q.attempt(ctx, e)
+	}
+	if dirty && (ctx.Err() != nil || !q.quietEnd(e)) {
+		q.save(ctx, it, e)
+		dirty = false
 	}
 	if ctx.Err() != nil {
 		return // cancelled by Stop or Delete: they take it from here
 	}
-	q.notify(ctx, it, e, false)
-	if e.Done() {
-		q.remove(ctx, it, e.ID)
+	if q.notify(ctx, it, e, false) {
+		dirty = true
+	}
+	if e.Done() && q.remove(ctx, it, e.ID) {
+		return
+	}
+	if dirty {
+		q.save(ctx, it, e)
 	}
 }
 
-// remove deletes a finished entry.
-func (q *Queue) remove(ctx context.Context, it *item, id string) {
+// quietEnd reports whether e's pass can end with the entry's removal and
+// no DSN: every recipient is final and none that is not yet reported
+// asks for a notification (or the sender is the null one, who gets none).
+func (q *Queue) quietEnd(e *Entry) bool {
+	for i := range e.Recipients {
+		r := &e.Recipients[i]
+		if !r.State.Final() {
+			return false
+		}
+		if r.Reported || e.From == "" {
+			continue
+		}
+		if (r.State == Failed && r.Wants(NotifyFailure)) || (r.State == Delivered && r.Wants(NotifySuccess)) {
+			return false
+		}
+	}
+	return true
+}
+
+// remove deletes a finished entry; it reports whether it is gone.
+func (q *Queue) remove(ctx context.Context, it *item, id string) bool {
 	if err := q.store.Remove(context.WithoutCancel(ctx), id); err != nil && !errors.Is(err, ErrNotFound) {
 		q.log.Error("removing a queue entry failed", zap.String("queue_id", id), zap.Error(err))
-		return
+		return false
 	}
 	q.mu.Lock()
 	if q.items[id] == it {
@@ -440,11 +477,12 @@ func (q *Queue) remove(ctx context.Context, it *item, id string) {
 	}
 	q.mu.Unlock()
 	q.log.Info("removed from the queue", zap.String("queue_id", id))
+	return true
 }
 
-// attempt tries e's pending and deferred recipients once and stores the
-// outcome.
-func (q *Queue) attempt(ctx context.Context, it *item, e *Entry) {
+// attempt tries e's pending and deferred recipients once and records the
+// outcome in e (the caller stores it); it reports whether it made one.
+func (q *Queue) attempt(ctx context.Context, e *Entry) bool {
 	var idx []int
 	var rcpts []Recipient
 	for i, r := range e.Recipients {
@@ -454,7 +492,7 @@ func (q *Queue) attempt(ctx context.Context, it *item, e *Entry) {
 		}
 	}
 	if len(idx) == 0 {
-		return
+		return false
 	}
 	var outs []Outcome
 	msg, err := q.store.Open(ctx, e.ID)
@@ -503,7 +541,7 @@ func (q *Queue) attempt(ctx context.Context, it *item, e *Entry) {
 			zap.Duration("age", now.Sub(e.Arrival)))
 	}
 	e.NextAttempt = q.nextAttempt(e, now)
-	q.save(ctx, it, e)
+	return true
 }
 
 // nextAttempt returns when e's next attempt is due after an attempt that
@@ -643,7 +681,9 @@ func (q *Queue) Delete(ctx context.Context, id string, bounce bool) error {
 			}
 		}
 		q.save(ctx, it, e)
-		q.notify(ctx, it, e, true)
+		if q.notify(ctx, it, e, true) {
+			q.save(ctx, it, e)
+		}
 	}
 	q.log.Info("deleted from the queue", zap.String("queue_id", id), zap.Bool("bounce", bounce))
 	q.remove(ctx, it, id)
