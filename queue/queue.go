@@ -336,6 +336,7 @@ func (q *Queue) loop() {
 		now := q.clock.Now()
 		var next time.Time
 		q.mu.Lock()
+	scan:
 		for _, it := range q.items {
 			if it.running || it.deleted {
 				continue
@@ -350,7 +351,13 @@ func (q *Queue) loop() {
 			select {
 			case q.sem <- struct{}{}:
 				q.dispatch(it)
-			default: // every worker busy: a pass ending wakes the loop
+			default:
+				// Every worker busy: a pass ending wakes the loop, which
+				// looks again; no need to look further (nor at a timer)
+				// now, which under a backlog would be a scan of every
+				// entry for every message queued.
+				next = time.Time{}
+				break scan
 			}
 		}
 		q.mu.Unlock()
