@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"go.uber.org/zap"
@@ -29,13 +30,15 @@ import (
 //	<dir>/.tmp-*         files being written; never read
 //	<dir>/corrupt/       entries set aside by OpenDir (see there)
 //
-// Put writes the entry file (to an unnamed file where the file system has
-// them, else a named temporary one), fsyncs it, links it to <id>.msg and
+// Put writes the entry file (to a removed entry file kept for reuse, else
+// an unnamed file where the file system has them, else a named temporary
+// one), fsyncs it, links it to <id>.msg and
 // fsyncs the directory, that fsync shared with the Puts and Updates that
 // need one at the same time (durable.GroupSync): one file fsync and at
 // most one directory fsync per message. Update writes <id>.state the same
 // way (a named temporary file renamed over the old one). Remove unlinks
-// <id>.msg first (the entry is gone), then, if there is one, <id>.state
+// <id>.msg first (the entry is gone; or renames it to a .tmp-free- name
+// for a later Put to overwrite, see reuse), then, if there is one, <id>.state
 // after a directory fsync (so that no crash leaves the entry file with
 // an older state than the last stored); the unlink is not fsynced: an
 // entry a power loss brings back is delivered again (at least once).
@@ -45,7 +48,16 @@ type DirStore struct {
 	lock *os.File
 	// unnamed: Put writes unnamed files (O_TMPFILE), linkable here.
 	unnamed atomic.Bool
+
+	// Reuse of removed entry files (see reuse).
+	mu      sync.Mutex
+	pending []string       // renamed to .tmp-free-*, the rename not yet known durable
+	free    []string       // the same, durable: Put may overwrite them
+	readers map[string]int // open readers of <id>.msg, by id
 }
+
+// maxFree bounds the removed entry files kept for reuse.
+const maxFree = 256
 
 const (
 	msgExt    = ".msg"
@@ -185,14 +197,17 @@ func (s *DirStore) Put(ctx context.Context, e *Entry, msg io.Reader) (err error)
 		return ErrExists
 	}
 	var f *os.File
-	unnamed := s.unnamed.Load()
+	unnamed := false
+	if f = s.reuse(); f == nil {
+		unnamed = s.unnamed.Load()
+	}
 	if unnamed {
 		if f, err = durable.OpenUnnamed(s.dir); err != nil {
 			return err
 		}
 		unnamed = f != nil
 	}
-	if !unnamed {
+	if !unnamed && f == nil {
 		if f, err = s.tempFile(e.ID + msgExt); err != nil {
 			return err
 		}
@@ -245,7 +260,79 @@ func (s *DirStore) Put(ctx context.Context, e *Entry, msg io.Reader) (err error)
 	if !unnamed {
 		os.Remove(f.Name()) // a leftover name is removed by OpenDir
 	}
-	return durable.GroupSync(s.dir)
+	return s.groupSync()
+}
+
+// Reuse of entry files. On this kind of file system a new file is the
+// dear part of a Put (ext4 without a journal scans past every inode freed
+// in the last minute to allocate one), so Remove keeps up to maxFree
+// entry files instead of unlinking them: it renames <id>.msg to a
+// .tmp-free- name, and Put overwrites one (O_TRUNC) and links it to its
+// new name like a named temporary file. Two rules keep this safe: a file
+// is overwritten only once its rename is durable (a directory fsync that
+// started after it has ended: a power loss cannot bring back the old
+// name over the new content), and never while a reader has it open
+// (Open, Get: Remove unlinks such a file instead). OpenDir removes the
+// files kept (they are .tmp- files).
+
+// reuse returns a removed entry file opened for overwriting, or nil.
+func (s *DirStore) reuse() *os.File {
+	for {
+		s.mu.Lock()
+		n := len(s.free)
+		if n == 0 {
+			s.mu.Unlock()
+			return nil
+		}
+		name := s.free[n-1]
+		s.free = s.free[:n-1]
+		s.mu.Unlock()
+		f, err := os.OpenFile(name, os.O_WRONLY|os.O_TRUNC, 0)
+		if err == nil {
+			return f
+		}
+		os.Remove(name)
+	}
+}
+
+// groupSync fsyncs the directory (durable.GroupSync) and then lets Put
+// overwrite the files renamed for reuse before the call.
+func (s *DirStore) groupSync() error {
+	s.mu.Lock()
+	ready := s.pending
+	s.pending = nil
+	s.mu.Unlock()
+	err := durable.GroupSync(s.dir)
+	s.mu.Lock()
+	if err == nil {
+		s.free = append(s.free, ready...)
+	} else {
+		s.pending = append(s.pending, ready...)
+	}
+	s.mu.Unlock()
+	return err
+}
+
+// openMsg opens <id>.msg for reading: Remove does not reuse it until
+// release.
+func (s *DirStore) openMsg(id string) (f *os.File, release func(), err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f, err = os.Open(s.path(id, msgExt)); err != nil {
+		return nil, nil, err
+	}
+	if s.readers == nil {
+		s.readers = map[string]int{}
+	}
+	s.readers[id]++
+	return f, func() {
+		f.Close()
+		s.mu.Lock()
+		if s.readers[id]--; s.readers[id] <= 0 {
+			delete(s.readers, id)
+		}
+		s.mu.Unlock()
+	}, nil
 }
 
 // Update implements Store.
@@ -285,7 +372,7 @@ func (s *DirStore) Update(ctx context.Context, e *Entry) (err error) {
 	if err = os.Rename(tmp.Name(), s.path(e.ID, stateExt)); err != nil {
 		return err
 	}
-	return durable.GroupSync(s.dir)
+	return s.groupSync()
 }
 
 // tempName returns a new name for a temporary file for name.
@@ -306,14 +393,14 @@ func (s *DirStore) Get(_ context.Context, id string) (*Entry, error) {
 	if !ValidID(id) {
 		return nil, ErrInvalidID
 	}
-	f, err := os.Open(s.path(id, msgExt))
+	f, release, err := s.openMsg(id)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, ErrNotFound
 		}
 		return nil, err
 	}
-	defer f.Close()
+	defer release()
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
@@ -375,7 +462,7 @@ func (s *DirStore) Open(_ context.Context, id string) (Message, error) {
 	if !ValidID(id) {
 		return nil, ErrInvalidID
 	}
-	f, err := os.Open(s.path(id, msgExt))
+	f, release, err := s.openMsg(id)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, ErrNotFound
@@ -384,15 +471,15 @@ func (s *DirStore) Open(_ context.Context, id string) (Message, error) {
 	}
 	fi, err := f.Stat()
 	if err != nil {
-		f.Close()
+		release()
 		return nil, err
 	}
 	_, size, err := readEntryFile(f, fi.Size(), false)
 	if err != nil {
-		f.Close()
+		release()
 		return nil, fmt.Errorf("%s%s: %w", id, msgExt, err)
 	}
-	return fileMessage{f, size}, nil
+	return &fileMessage{f: f, size: size, release: release}, nil
 }
 
 // Remove implements Store.
@@ -400,7 +487,7 @@ func (s *DirStore) Remove(_ context.Context, id string) error {
 	if !ValidID(id) {
 		return ErrInvalidID
 	}
-	if err := os.Remove(s.path(id, msgExt)); err != nil {
+	if err := s.removeMsg(id); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return ErrNotFound
 		}
@@ -413,7 +500,7 @@ func (s *DirStore) Remove(_ context.Context, id string) error {
 	// The entry file's unlink must be durable before the state's: an
 	// entry file back without its state would deliver again what the
 	// state says was delivered.
-	if err := durable.GroupSync(s.dir); err != nil {
+	if err := s.groupSync(); err != nil {
 		return err
 	}
 	if err := os.Remove(statePath); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -422,17 +509,39 @@ func (s *DirStore) Remove(_ context.Context, id string) error {
 	return nil
 }
 
-// fileMessage is the message part of an entry file: its first size bytes.
-type fileMessage struct {
-	f    *os.File
-	size int64
+// removeMsg takes <id>.msg away: renamed for reuse when there is room and
+// no reader, else unlinked.
+func (s *DirStore) removeMsg(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.readers[id] > 0 || len(s.pending)+len(s.free) >= maxFree {
+		return os.Remove(s.path(id, msgExt))
+	}
+	name := s.tempName("free")
+	if err := os.Rename(s.path(id, msgExt), name); err != nil {
+		return err
+	}
+	s.pending = append(s.pending, name)
+	return nil
 }
 
-func (m fileMessage) Size() int64  { return m.size }
-func (m fileMessage) Close() error { return m.f.Close() }
+// fileMessage is the message part of an entry file: its first size bytes.
+type fileMessage struct {
+	f       *os.File
+	size    int64
+	once    sync.Once
+	release func()
+}
+
+func (m *fileMessage) Size() int64 { return m.size }
+
+func (m *fileMessage) Close() error {
+	m.once.Do(m.release)
+	return nil
+}
 
 // ReadAt reads the message, never the state after it.
-func (m fileMessage) ReadAt(p []byte, off int64) (int, error) {
+func (m *fileMessage) ReadAt(p []byte, off int64) (int, error) {
 	if off >= m.size {
 		return 0, io.EOF
 	}

@@ -105,8 +105,107 @@ func TestDirStore(t *testing.T) {
 	if _, err := s.Open(ctx, "ID1"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Open after Remove: %v", err)
 	}
-	if n := names(t, dir); len(n) != 1 || n[0] != ".lock" {
+	if n := entryNames(t, dir); len(n) != 1 || n[0] != ".lock" {
 		t.Errorf("left in the directory: %v", n)
+	}
+}
+
+// entryNames is names without the removed entry files kept for reuse.
+func entryNames(t *testing.T, dir string) []string {
+	var out []string
+	for _, n := range names(t, dir) {
+		if !strings.HasPrefix(n, tmpPrefix+"free-") {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// TestDirStoreReuse: a removed entry file is overwritten by a later Put
+// once its rename is durable (after a directory fsync), never while a
+// reader has it open, and OpenDir removes those kept.
+func TestDirStoreReuse(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := OpenDir(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ino := func(name string) uint64 {
+		t.Helper()
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return inode(fi)
+	}
+	kept := func() []string {
+		var out []string
+		for _, n := range names(t, dir) {
+			if strings.HasPrefix(n, tmpPrefix+"free-") {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	put := func(id, msg string) {
+		t.Helper()
+		if err := s.Put(ctx, sampleEntry(id), strings.NewReader(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("A", strings.Repeat("a long message ", 100))
+	a := ino("A.msg")
+	if a == 0 {
+		t.Skip("no inode numbers here")
+	}
+	if err := s.Remove(ctx, "A"); err != nil {
+		t.Fatal(err)
+	}
+	if k := kept(); len(k) != 1 || ino(k[0]) != a {
+		t.Fatalf("kept after Remove: %v", k)
+	}
+	put("B", "bee") // its directory fsync makes A's rename durable
+	if ino("B.msg") == a {
+		t.Error("B overwrote A's file before its rename was durable")
+	}
+	put("C", "sea")
+	if ino("C.msg") != a || len(kept()) != 0 {
+		t.Errorf("C did not reuse A's file: kept %v", kept())
+	}
+	m, err := s.Open(ctx, "C")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := io.ReadAll(Reader(m)); string(b) != "sea" {
+		t.Errorf("C reads %q", b)
+	}
+	if e, err := s.Get(ctx, "C"); err != nil || e.Size != 3 {
+		t.Errorf("Get C: %+v %v", e, err)
+	}
+	// Removed while open: unlinked, not kept; the reader reads on.
+	if err := s.Remove(ctx, "C"); err != nil {
+		t.Fatal(err)
+	}
+	if k := kept(); len(k) != 0 {
+		t.Errorf("a file open for reading was kept: %v", k)
+	}
+	put("D", "dee")
+	if b, _ := io.ReadAll(Reader(m)); string(b) != "sea" {
+		t.Errorf("C reads %q after its removal", b)
+	}
+	m.Close()
+	m.Close() // twice: harmless
+	if err := s.Remove(ctx, "B"); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = OpenDir(dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if n := names(t, dir); strings.Join(n, " ") != ".lock D.msg" {
+		t.Errorf("after OpenDir: %v", n)
 	}
 }
 

@@ -103,5 +103,5 @@ func TestPassWrites(t *testing.T) {
 	// The DSN is delivered and goes too; the deferred entry has its
 	// entry file and its later state.
 	want := ".lock " + later + ".msg " + later + ".state"
-	waitFor(t, "the DSN to go", func() bool { return strings.Join(names(t, dir), " ") == want })
+	waitFor(t, "the DSN to go", func() bool { return strings.Join(entryNames(t, dir), " ") == want })
 }
