@@ -27,21 +27,23 @@ import (
 //	                     once, never changed
 //	<dir>/<id>.state     the entry's later state (EncodeState), if any:
 //	                     overrides the one in <id>.msg; replaced atomically
-//	<dir>/.tmp-*         files being written; never read
+//	<dir>/.tmp-*         files being written, and removed entry files kept
+//	                     for reuse (.tmp-free-*); never read
 //	<dir>/corrupt/       entries set aside by OpenDir (see there)
 //
-// Put writes the entry file (to a removed entry file kept for reuse, else
-// an unnamed file where the file system has them, else a named temporary
-// one), fsyncs it, links it to <id>.msg and
-// fsyncs the directory, that fsync shared with the Puts and Updates that
-// need one at the same time (durable.GroupSync): one file fsync and at
-// most one directory fsync per message. Update writes <id>.state the same
-// way (a named temporary file renamed over the old one). Remove unlinks
-// <id>.msg first (the entry is gone; or renames it to a .tmp-free- name
-// for a later Put to overwrite, see reuse), then, if there is one, <id>.state
-// after a directory fsync (so that no crash leaves the entry file with
-// an older state than the last stored); the unlink is not fsynced: an
-// entry a power loss brings back is delivered again (at least once).
+// Put writes the entry file (into a removed entry file kept for reuse,
+// else an unnamed file where the file system has them, else a named
+// temporary one), fsyncs it, links it to <id>.msg and fsyncs the
+// directory, that fsync shared with the Puts and Updates that need one at
+// the same time (durable.GroupSync): one file fsync and one directory
+// fsync, shared, per message. Update writes <id>.state to a named
+// temporary file, fsyncs it, renames it over the old one and fsyncs the
+// directory. Remove takes <id>.msg away first (the entry is gone: an
+// unlink, or a rename to a .tmp-free- name for a later Put to overwrite,
+// see reuse), then, if there is one, unlinks <id>.state after a directory
+// fsync (so that no crash leaves the entry file with an older state than
+// the last stored); neither is fsynced after: an entry a power loss
+// brings back is delivered again (at least once).
 type DirStore struct {
 	dir  string
 	log  *zap.Logger
