@@ -23,6 +23,11 @@ func newID(t time.Time) string {
 
 // ehloKeywords are the extensions the engine itself implements.
 // With a queue, DSN too (RFC 3461): the queue sends the reports.
+// requireTLSKeyword is REQUIRETLS (RFC 8689), advertised only on TLS
+// sessions: MAIL FROM's REQUIRETLS parameter is refused (555 5.5.4)
+// elsewhere.
+const requireTLSKeyword = "REQUIRETLS"
+
 func ehloKeywords(cfg *Config) []string {
 	kw := []string{
 		"PIPELINING",

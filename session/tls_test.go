@@ -180,7 +180,7 @@ func TestStartTLS(t *testing.T) {
 	if hasKeyword(r, "STARTTLS") {
 		t.Fatalf("STARTTLS advertised inside TLS: %q", r.raw)
 	}
-	if ehloKeywordsOf(r) != "PIPELINING|SIZE 26214400|8BITMIME|SMTPUTF8|ENHANCEDSTATUSCODES|CHUNKING|HELP" {
+	if ehloKeywordsOf(r) != "PIPELINING|SIZE 26214400|8BITMIME|SMTPUTF8|ENHANCEDSTATUSCODES|CHUNKING|HELP|REQUIRETLS" {
 		t.Errorf("EHLO keywords inside TLS: %q", ehloKeywordsOf(r))
 	}
 	tc.cmd("STARTTLS", 503, "5.5.1")
@@ -311,6 +311,49 @@ func TestRequireTLS(t *testing.T) {
 	its := startOn(t, srv, ConnInfo{TLS: &tls.ConnectionState{Version: tls.VersionTLS13}})
 	its.ehlo()
 	its.cmd("MAIL FROM:<a@client.example>", 250, "2.1.0")
+}
+
+// TestRequireTLSParam: MAIL FROM's REQUIRETLS (RFC 8689) is advertised
+// and accepted only on a TLS session, and kept in MailParams.
+func TestRequireTLSParam(t *testing.T) {
+	serverTLS, roots := testCert(t, "mx.example.org")
+	rec := &paramsRecorder{recorder: &recorder{}}
+	ts := start(t, Config{Hostname: "mx.example.org", TLSConfig: serverTLS,
+		Handlers: []SubHandler{{Name: "rec", Handler: rec}}})
+	r := ts.cmd("EHLO client.example", 250, "")
+	if hasKeyword(r, "REQUIRETLS") {
+		t.Fatalf("REQUIRETLS advertised before TLS: %q", r.raw)
+	}
+	ts.cmd("MAIL FROM:<a@client.example> REQUIRETLS", 555, "5.5.4")
+	tc := startTLS(t, ts.testClient, roots, "mx.example.org")
+	if r := tc.cmd("EHLO client.example", 250, ""); !hasKeyword(r, "REQUIRETLS") {
+		t.Fatalf("REQUIRETLS not advertised inside TLS: %q", r.raw)
+	}
+	tc.cmd("MAIL FROM:<a@client.example> REQUIRETLS=yes", 555, "5.5.4")
+	tc.cmd("MAIL FROM:<a@client.example> REQUIRETLS REQUIRETLS", 555, "5.5.4")
+	tc.cmd("MAIL FROM:<a@client.example> REQUIRETLS", 250, "2.1.0")
+	tc.cmd("RCPT TO:<b@example.org>", 250, "2.1.5")
+	tc.cmd("DATA", 354, "")
+	tc.sendRaw(stuff("Subject: tls\r\n\r\nhello\r\n"))
+	tc.expect(250, "2.0.0")
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if _, ok := rec.params.Get("REQUIRETLS"); !ok {
+		t.Errorf("REQUIRETLS not in MailParams: %v", rec.params)
+	}
+}
+
+// paramsRecorder is a recorder that keeps the last MAIL parameters.
+type paramsRecorder struct {
+	*recorder
+	params Params
+}
+
+func (r *paramsRecorder) Mail(ctx context.Context, s *Session, from Path, params Params) (*Reply, error) {
+	r.mu.Lock()
+	r.params = params
+	r.mu.Unlock()
+	return r.recorder.Mail(ctx, s, from, params)
 }
 
 // TestStartTLSHandshakeFails: a client that sends garbage instead of a

@@ -158,6 +158,10 @@ func (s *Session) cmdHelo(arg string, extended bool) *Reply {
 	if s.xclientAllowed() {
 		lines = append(lines, xclientEHLOKeyword)
 	}
+	if s.tls != nil {
+		// RFC 8689: offered only where the client's message came over TLS.
+		lines = append(lines, requireTLSKeyword)
+	}
 	for _, e := range s.extensions() {
 		if !slices.Contains(s.srv.ehloKeywords, e) { // the engine's own (DSN with a queue) once
 			lines = append(lines, e)
@@ -192,6 +196,7 @@ func (s *Session) cmdMail(arg string) *Reply {
 	}
 	var dsn uint8
 	authParam := -1
+	requireTLS := false
 	for i, p := range params {
 		switch p.Key {
 		case "SIZE":
@@ -221,6 +226,13 @@ func (s *Session) cmdMail(arg string) *Reply {
 				return replyBadAuthParam
 			}
 			authParam = i
+		case "REQUIRETLS":
+			// RFC 8689 3: only on a TLS session, where it is advertised;
+			// kept in MailParams for the queue and the relay.
+			if s.tls == nil || p.HasValue || requireTLS {
+				return replyBadParam
+			}
+			requireTLS = true
 		default:
 			if r := s.dsnParam(p, true, &dsn); r != nil {
 				return r
