@@ -149,6 +149,10 @@ func (s *Session) cmdHelo(arg string, extended bool) *Reply {
 	}
 	lines := append(make([]string, 0, len(s.srv.ehloKeywords)+4), first)
 	lines = append(lines, s.srv.ehloKeywords...)
+	if s.tls != nil {
+		// RFC 8689: offered only where the client's message comes over TLS.
+		lines = append(lines, requireTLSKeyword)
+	}
 	if s.startTLSOffered() {
 		lines = append(lines, startTLSEHLOKeyword)
 	}
@@ -157,10 +161,6 @@ func (s *Session) cmdHelo(arg string, extended bool) *Reply {
 	}
 	if s.xclientAllowed() {
 		lines = append(lines, xclientEHLOKeyword)
-	}
-	if s.tls != nil {
-		// RFC 8689: offered only where the client's message came over TLS.
-		lines = append(lines, requireTLSKeyword)
 	}
 	for _, e := range s.extensions() {
 		if !slices.Contains(s.srv.ehloKeywords, e) { // the engine's own (DSN with a queue) once

@@ -1,8 +1,9 @@
 // Package dnstest runs a small authoritative DNS server on loopback for
 // tests: records in zone-file syntax (or TXT values with SetTXT), NXDOMAIN
 // for unknown names, NODATA (with an SOA) for known names without the type
-// asked, and names that answer SERVFAIL (ServFail, or any name under a
-// "servfail." label), never answer, or are truncated over UDP.
+// asked, the AD bit for the zones made Secure, and names that answer
+// SERVFAIL (ServFail, or any name under a "servfail." label), never answer,
+// or are truncated over UDP.
 package dnstest
 
 import (
@@ -32,6 +33,7 @@ type Server struct {
 	queries  map[query]int
 	overTCP  int
 	negative dns.RR
+	secure   []string // zones (lower case, final dot) answered with the AD bit
 }
 
 type query struct {
@@ -133,6 +135,16 @@ func (s *Server) Exists(name string) {
 	s.mu.Unlock()
 }
 
+// Secure makes the server answer with the AD bit set (RFC 4035 3.2.3, as a
+// validating resolver does for records it checked with DNSSEC) for zone and
+// every name under it: answers, NODATA and NXDOMAIN alike (a secure denial
+// of existence). A SERVFAIL never has it.
+func (s *Server) Secure(zone string) {
+	s.mu.Lock()
+	s.secure = append(s.secure, strings.ToLower(dns.Fqdn(zone)))
+	s.mu.Unlock()
+}
+
 // ServFail makes the server answer SERVFAIL for name.
 func (s *Server) ServFail(name string) { s.mark(name, "servfail") }
 
@@ -207,6 +219,7 @@ func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg, tcp bool) {
 		}
 	}
 	negative := s.negative
+	secure := slices.ContainsFunc(s.secure, func(z string) bool { return dns.IsSubDomain(z, name) })
 	s.mu.Unlock()
 
 	m := new(dns.Msg)
@@ -227,6 +240,7 @@ func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg, tcp bool) {
 	default:
 		m.Answer = answer
 	}
+	m.AuthenticatedData = secure && m.Rcode != dns.RcodeServerFailure
 	w.WriteMsg(m)
 }
 
