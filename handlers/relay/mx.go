@@ -8,8 +8,10 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/miekg/dns"
 	"go.uber.org/zap"
 
+	"github.com/caddy-esmtp/caddy-esmtp/dnscache"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -42,6 +44,9 @@ func (r *Relay) mxTargets(ctx context.Context, resolver session.Resolver, domain
 	var hosts []string
 	implicit := false
 	mxs, err := resolver.LookupMX(ctx, domain)
+	// DNSSEC (DANE): only a dnscache.Resolver says; the answer is cached.
+	dr, _ := resolver.(*dnscache.Resolver)
+	mxSecure := dr != nil && (err == nil || isNotFound(err)) && secureAnswer(ctx, dr, domain, dns.TypeMX)
 	switch {
 	case err == nil || len(mxs) > 0:
 		if len(mxs) == 1 && (mxs[0].Host == "." || mxs[0].Host == "") {
@@ -65,12 +70,13 @@ func (r *Relay) mxTargets(ctx context.Context, resolver session.Resolver, domain
 			lastErr = err
 			continue
 		}
+		secure := mxSecure && hostSecure(ctx, dr, h)
 		for _, a := range addrs {
 			ip, ok := netip.AddrFromSlice(a.IP)
 			if !ok {
 				continue
 			}
-			targets = append(targets, target{addr: netip.AddrPortFrom(ip.Unmap(), uint16(r.MXPort)).String(), name: h})
+			targets = append(targets, target{addr: netip.AddrPortFrom(ip.Unmap(), uint16(r.MXPort)).String(), name: h, secure: secure})
 		}
 		if len(targets) >= maxTargets {
 			return targets[:maxTargets], nil
@@ -97,7 +103,11 @@ func (r *Relay) dialMX(ctx context.Context, s *session.Session, domain string) (
 	if serr != nil {
 		return nil, serr
 	}
-	return r.dialTargets(ctx, s, domain, targets)
+	var req bool
+	if txn := s.Transaction(); txn != nil {
+		req = requiresTLS(txn.MailParams)
+	}
+	return r.dialTargets(ctx, s, domain, targets, req, false)
 }
 
 // resolverFor is the resolver for MX lookups: the relay's own, or else
@@ -107,17 +117,41 @@ func (r *Relay) resolverFor(s *session.Session) session.Resolver {
 }
 
 // dialTargets connects to the first of the mail servers of domain (its
-// targets, best first) that answers.
-func (r *Relay) dialTargets(ctx context.Context, s *session.Session, domain string, targets []target) (*upstream, *setupError) {
+// targets, best first) that answers, each with its TLS policy (see
+// dane.go). For a REQUIRETLS message (req), a mail server whose TLS is
+// not verified (DANE), or that does not offer REQUIRETLS, is skipped with
+// 550 5.7.30. waived (TLS-Required: No) makes every policy
+// opportunistic. The failure returned is the last temporary one, else the
+// last one.
+func (r *Relay) dialTargets(ctx context.Context, s *session.Session, domain string, targets []target, req, waived bool) (*upstream, *setupError) {
 	hello := s.Hostname()
+	resolver := r.resolverFor(s)
 	var last *setupError
 	for _, t := range targets {
-		up, serr := r.connect(ctx, t, hello)
+		pol, serr := r.policyFor(ctx, resolver, domain, t, waived)
+		var up *upstream
+		switch {
+		case serr != nil:
+		case req && !pol.verified:
+			serr = failed(replyRequireTLS, "REQUIRETLS: %s (%s): TLS policy %s, not verified", t.addr, t.name, pol.kind).because(reasonNotVerified)
+		default:
+			up, serr = r.connect(ctx, t, hello, pol)
+		}
+		if serr == nil && req && !up.hasExt("REQUIRETLS") {
+			up.quit()
+			serr = failed(replyRequireTLS, "REQUIRETLS: %s (%s) does not offer REQUIRETLS", t.addr, t.name).because(reasonNoRequireTLSExt)
+		}
 		if serr == nil {
+			if ce := r.logger.Check(zap.DebugLevel, "upstream TLS policy"); ce != nil && pol != nil {
+				ce.Write(zap.String("domain", domain), zap.String("upstream", t.addr), zap.String("relay_tls_policy", pol.kind), zap.String("why", pol.why))
+			}
 			return up, nil
 		}
-		r.logger.Debug("mail server failed, trying the next", zap.String("domain", domain), zap.String("upstream", t.addr), zap.Error(serr))
-		last = serr
+		r.logger.Debug("mail server failed, trying the next", zap.String("domain", domain), zap.String("upstream", t.addr),
+			zap.String("relay_defer_reason", serr.reason), zap.Error(serr))
+		if last == nil || serr.reply.Code < 500 || last.reply.Code >= 500 {
+			last = serr
+		}
 		if ctx.Err() != nil {
 			break
 		}

@@ -192,7 +192,8 @@ func (r *Relay) relayQueued(ctx context.Context, s *session.Session, d *session.
 	var up *upstream
 	if r.mx {
 		var serr *setupError
-		if up, serr = r.dialTargets(ctx, s, domains, dest.targets); serr != nil {
+		req := requiresTLS(d.MailParams)
+		if up, serr = r.dialTargets(ctx, s, domains, dest.targets, req, !req && tlsNotRequired(d.Message)); serr != nil {
 			r.logNoUpstream(s, domains, serr)
 			set(dest.idx, serr.reply)
 			return
@@ -205,7 +206,7 @@ func (r *Relay) relayQueued(ctx context.Context, s *session.Session, d *session.
 		}
 	}
 	// up may be reused once let go: what the log says of it is kept.
-	out := outcome{addr: up.addr, tls: up.tls, verified: up.verified}
+	out := outcome{addr: up.addr, tls: up.tls, verified: up.verified, policy: up.policy}
 	host, _, _ := net.SplitHostPort(up.addr)
 	if k := slices.IndexFunc(dest.targets, func(t target) bool { return t.addr == up.addr }); k >= 0 {
 		host = dest.targets[k].name
@@ -370,8 +371,12 @@ func (r *Relay) logNoUpstream(s *session.Session, domain string, serr *setupErro
 		level = zap.DebugLevel
 	}
 	if ce := r.logger.Check(level, "no upstream for queued message"); ce != nil {
-		ce.Write(zap.String("queue_id", queueID(s)), zap.String("to", r.To), zap.String("domain", domain),
-			zap.String("reply", serr.reply.Error()), zap.Error(serr))
+		fields := []zap.Field{zap.String("queue_id", queueID(s)), zap.String("to", r.To), zap.String("domain", domain),
+			zap.String("reply", serr.reply.Error()), zap.Error(serr)}
+		if serr.reason != "" {
+			fields = append(fields, zap.String("relay_defer_reason", serr.reason))
+		}
+		ce.Write(fields...)
 	}
 }
 
@@ -399,6 +404,9 @@ func (r *Relay) logQueued(s *session.Session, up outcome, domains string, dest *
 	fields = append(fields, zap.Bool("relay_tls", up.tls))
 	if up.tls {
 		fields = append(fields, zap.Bool("relay_tls_verified", up.verified))
+	}
+	if up.policy != "" {
+		fields = append(fields, zap.String("relay_tls_policy", up.policy))
 	}
 	fields = append(fields, zap.Int("rcpts", len(dest.idx)), zap.Int("accepted", accepted), zap.Int("delivered", delivered))
 	if final != nil {

@@ -110,7 +110,6 @@
 package relay
 
 import (
-	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -126,6 +125,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
+	"github.com/caddy-esmtp/caddy-esmtp/dnscache"
 	"github.com/caddy-esmtp/caddy-esmtp/handlers/recipients"
 	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
@@ -176,9 +176,10 @@ type Relay struct {
 	// verified. (With mx and without RequireTLS, TLS is opportunistic
 	// already.)
 	TLSInsecureSkipVerify bool `json:"tls_insecure_skip_verify,omitempty"`
-	// Resolver is the DNS server ("host:port") for MX lookups, instead of
-	// the esmtp handler's resolvers (its `resolvers` option, or the
-	// system's resolver without it). Only with to mx.
+	// Resolver is the DNS server ("host:port") for MX lookups (and the
+	// DNSSEC of DANE: a validating resolver), instead of the esmtp
+	// handler's resolvers (its `resolvers` option, or the system's
+	// resolver without it). Only with to mx.
 	Resolver string `json:"resolver,omitempty"`
 	// MXPort is the port of the mail servers found by MX lookup (default
 	// 25). Only with to mx; for tests.
@@ -300,14 +301,12 @@ func (r *Relay) Provision(ctx caddy.Context) error {
 	}
 	r.resolver = nil
 	if r.Resolver != "" {
-		addr := r.Resolver
-		if _, _, err := net.SplitHostPort(addr); err != nil {
-			addr = net.JoinHostPort(addr, "53")
+		// A dnscache.Resolver, as the handler's: it tells DNSSEC (DANE).
+		dr, err := dnscache.New([]string{r.Resolver}, dnscache.Options{})
+		if err != nil {
+			return fmt.Errorf("relay: resolver: %v", err)
 		}
-		r.resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, addr)
-		}}
+		r.resolver = dr
 	}
 	if r.MXPort == 0 {
 		r.MXPort = 25

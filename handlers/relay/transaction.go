@@ -156,7 +156,7 @@ func (r *Relay) connectFor(ctx context.Context, s *session.Session, domain strin
 	if r.mx {
 		up, serr = r.dialMX(ctx, s, domain)
 	} else {
-		up, serr = r.connect(ctx, r.smartHost, s.Hostname())
+		up, serr = r.connect(ctx, r.smartHost, s.Hostname(), nil)
 	}
 	if serr != nil {
 		level := zap.WarnLevel // ours to fix: the upstream, the network, DNS
@@ -169,7 +169,10 @@ func (r *Relay) connectFor(ctx context.Context, s *session.Session, domain strin
 				id = txn.ID
 			}
 			ce.Write(zap.String("session", s.ID()), zap.String("queue_id", id),
-				zap.String("to", r.To), zap.String("domain", domain), zap.Error(serr))
+				zap.String("to", r.To), zap.String("domain", domain), zap.String("relay_defer_reason", serr.reason), zap.Error(serr))
+		}
+		if txn := s.Transaction(); txn != nil && serr.reason != "" {
+			txn.AddLogField(zap.String("relay_defer_reason", serr.reason))
 		}
 		return nil, serr.reply
 	}
@@ -216,7 +219,17 @@ func (r *Relay) mail(ctx context.Context, s *session.Session, up *upstream, from
 			return replySenderUTF8
 		}
 	}
-	if err := up.c.Mail(mailbox, mailOptions(params, size, utf8, s.AuthUser() != "")); err != nil {
+	opts := mailOptions(params, size, utf8, s.AuthUser() != "")
+	if requiresTLS(params) {
+		// RFC 8689 4.2.1: only over verified TLS, to a server that
+		// passes REQUIRETLS on (to mx, dialTargets chose such a one).
+		if !up.tlsOK || !up.hasExt("REQUIRETLS") {
+			r.done(up)
+			return replyRequireTLS
+		}
+		opts.RequireTLS = true
+	}
+	if err := up.c.Mail(mailbox, opts); err != nil {
 		rep, answered := replyFor(err)
 		if answered {
 			r.done(up)
@@ -331,10 +344,17 @@ func logUpstream(txn *session.Transaction, outs []outcome) {
 	}
 	addrs, replies := make([]string, len(outs)), make([]string, len(outs))
 	secure, verified := true, true
+	var policies []string
 	for i, o := range outs {
 		addrs[i], replies[i] = o.addr, o.reply
 		secure = secure && o.tls
 		verified = verified && o.verified
+		if o.policy != "" {
+			policies = append(policies, o.policy)
+		}
+	}
+	if len(policies) > 0 {
+		txn.AddLogField(zap.String("relay_tls_policy", strings.Join(policies, ", ")))
 	}
 	txn.AddLogField(zap.String("relay", strings.Join(addrs, ", ")))
 	txn.AddLogField(zap.String("relay_reply", strings.Join(replies, "; ")))

@@ -24,6 +24,9 @@ import (
 type target struct {
 	addr string
 	name string
+	// secure: with to mx, the MX answer (or its secure denial) and the
+	// host's address records are DNSSEC-authenticated (see dane.go).
+	secure bool
 }
 
 // upstream is one connection to an upstream SMTP server, greeted (and
@@ -37,7 +40,12 @@ type upstream struct {
 	// verified: its certificate verified (always, with TLS, unless
 	// Relay.opportunistic).
 	verified bool
-	idle     time.Time // when it went back to the pool
+	// policy is the TLS policy that applied (to mx: dane, opportunistic).
+	policy string
+	// tlsOK: a REQUIRETLS message may go over this connection: TLS that
+	// DANE verified (to mx), or a verified certificate (smart host).
+	tlsOK bool
+	idle  time.Time // when it went back to the pool
 }
 
 // close drops the connection at once, without QUIT: used when the
@@ -96,8 +104,14 @@ var (
 // setupError is a failure to set up an upstream connection: the reply for
 // the client, and the cause for the log.
 type setupError struct {
-	reply *session.Reply
-	cause error
+	reply  *session.Reply
+	cause  error
+	reason string // for relay_defer_reason: DANE, REQUIRETLS
+}
+
+func (e *setupError) because(reason string) *setupError {
+	e.reason = reason
+	return e
 }
 
 func (e *setupError) Error() string { return e.cause.Error() }
@@ -109,13 +123,17 @@ func failed(r *session.Reply, format string, args ...any) *setupError {
 // connect opens a connection to t and greets it as hello: implicit TLS
 // (smtps), or STARTTLS when the upstream offers it (required when
 // requireTLS), then AUTH PLAIN when credentials are configured.
-func (r *Relay) connect(ctx context.Context, t target, hello string) (*upstream, *setupError) {
+//
+// pol is the TLS policy of a mail server (to mx), nil for the smart host:
+// a mandatory one (DANE) defers a server without STARTTLS or whose
+// certificate fails its check.
+func (r *Relay) connect(ctx context.Context, t target, hello string, pol *tlsPolicy) (*upstream, *setupError) {
 	d := net.Dialer{Timeout: time.Duration(r.ConnectTimeout)}
 	raw, err := d.DialContext(ctx, "tcp", t.addr)
 	if err != nil {
 		return nil, failed(replyUnreachable, "connecting to %s: %v", t.addr, err)
 	}
-	up, serr := r.greet(ctx, raw, t, hello)
+	up, serr := r.greet(ctx, raw, t, hello, pol)
 	if serr != nil {
 		raw.Close()
 		return nil, serr
@@ -127,7 +145,8 @@ func (r *Relay) connect(ctx context.Context, t target, hello string) (*upstream,
 // and STARTTLS replies).
 const maxPreTLS = 64 << 10
 
-func (r *Relay) greet(ctx context.Context, raw net.Conn, t target, hello string) (*upstream, *setupError) {
+func (r *Relay) greet(ctx context.Context, raw net.Conn, t target, hello string, pol *tlsPolicy) (*upstream, *setupError) {
+	mandatory := pol != nil && pol.mandatory
 	timeout := r.commandTimeout(ctx)
 	raw.SetDeadline(time.Now().Add(timeout))
 	var conn net.Conn = raw
@@ -174,14 +193,31 @@ func (r *Relay) greet(ctx context.Context, raw net.Conn, t target, hello string)
 					// not sent by the server's TLS (CVE-2011-0411 class).
 					return nil, failed(replyTLSFailed, "%s sent data after its STARTTLS reply", t.addr)
 				}
-				tc := tls.Client(raw, r.tlsConfig(t.name))
+				cfg := r.tlsConfig(t.name)
+				if mandatory {
+					// DANE: the TLSA records, not the roots or the name
+					// (RFC 7672 3.1), checked during the handshake.
+					cfg.InsecureSkipVerify, cfg.VerifyConnection = true, pol.verify
+				}
+				tc := tls.Client(raw, cfg)
 				if err := tc.HandshakeContext(ctx); err != nil {
+					if mandatory {
+						return nil, failed(replyDANECert, "DANE: STARTTLS with %s (%s): %v", t.addr, t.name, err).because(reasonDANECert)
+					}
 					return nil, failed(replyTLSFailed, "STARTTLS with %s: %v", t.addr, err)
 				}
-				conn, secure, verified = tc, true, r.checkCertificate(tc, t)
+				conn, secure = tc, true
+				if mandatory {
+					verified = pol.verified
+				} else {
+					verified = r.checkCertificate(tc, t)
+				}
 			} else if _, ok := err.(*textproto.Error); !ok {
 				return nil, failed(replyUnreachable, "STARTTLS to %s: %v", t.addr, err)
 			}
+		}
+		if !secure && mandatory {
+			return nil, failed(replyDANENoTLS, "DANE: %s (%s) does not offer STARTTLS", t.addr, t.name).because(reasonDANENoTLS)
 		}
 		if !secure && r.requireTLS {
 			return nil, failed(replyNoTLS, "%s: no STARTTLS (require_tls is on)", t.addr)
@@ -196,6 +232,11 @@ func (r *Relay) greet(ctx context.Context, raw net.Conn, t target, hello string)
 	c := smtp.NewClient(uc)
 	c.CommandTimeout = timeout
 	up := &upstream{c: c, uc: uc, addr: t.addr, hello: hello, tls: secure, verified: verified}
+	if pol != nil {
+		up.policy, up.tlsOK = pol.kind, secure && pol.verified
+	} else {
+		up.tlsOK = secure && verified && !r.opportunistic
+	}
 	if err := c.Hello(hello); err != nil {
 		c.Close()
 		return nil, failed(replyUnreachable, "greeting %s: %v", t.addr, err)
