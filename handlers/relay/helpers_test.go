@@ -39,6 +39,8 @@ const hangGuard = 60 * time.Second
 type testCA struct {
 	caFile string // PEM of the CA, for tls_ca
 	server tls.Certificate
+	caCert *x509.Certificate
+	leaf   *x509.Certificate
 }
 
 var (
@@ -90,6 +92,8 @@ func certs(t testing.TB) testCA {
 		ca.caFile = filepath.Join(dir, "ca.pem")
 		caErr = os.WriteFile(ca.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600)
 		ca.server = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+		ca.caCert = caCert
+		ca.leaf, caErr = x509.ParseCertificate(der)
 	})
 	if caErr != nil {
 		t.Fatal(caErr)
@@ -119,6 +123,10 @@ type upstreamOpts struct {
 	rejectRcpt map[string]*smtp.SMTPError
 	rejectData *smtp.SMTPError
 	rejectMail *smtp.SMTPError
+	// requireTLS offers REQUIRETLS (RFC 8689) inside TLS.
+	requireTLS bool
+	// chain sends the CA's certificate after the server's (DANE-TA).
+	chain bool
 	// rejectDataTo refuses the end of data of a message whose first
 	// recipient is the key.
 	rejectDataTo map[string]*smtp.SMTPError
@@ -146,8 +154,13 @@ func startUpstream(t testing.TB, o upstreamOpts) *upstreamServer {
 	srv.EnableSMTPUTF8 = o.utf8
 	srv.MaxLineLength = 4000
 	srv.ErrorLog = log{}
+	srv.EnableREQUIRETLS = o.requireTLS
 	if o.tls {
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{certs(t).server}}
+		cert := certs(t).server
+		if o.chain {
+			cert.Certificate = append(cert.Certificate[:1:1], certs(t).caCert.Raw)
+		}
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
 	}
 	addr := o.addr
 	if addr == "" {
