@@ -137,6 +137,34 @@ func TestNotFound(t *testing.T) {
 	}
 }
 
+// TestAuthenticated checks that the AD bit of the server's answer is the
+// answer's Authenticated: for a secure zone's records and its secure
+// denials, not for other zones.
+func TestAuthenticated(t *testing.T) {
+	srv := dnstest.Start(t, append(records, "b.example. 300 IN A 192.0.2.3")...)
+	srv.Secure("test")
+	r, _ := newResolver(t, Options{}, srv.Addr)
+	ctx := context.Background()
+	for _, c := range []struct {
+		name  string
+		qtype uint16
+		want  bool
+	}{
+		{"a.test", dns.TypeMX, true},
+		{"v4.test", dns.TypeMX, true},     // NODATA
+		{"nowhere.test", dns.TypeA, true}, // NXDOMAIN
+		{"b.example", dns.TypeA, false},
+	} {
+		ans, err := r.Lookup(ctx, c.name, c.qtype)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if ans.Authenticated != c.want {
+			t.Errorf("%s %s: Authenticated %v, want %v", c.name, dns.TypeToString[c.qtype], ans.Authenticated, c.want)
+		}
+	}
+}
+
 // TestTemporary checks SERVFAIL and a server that never answers: temporary
 // errors (a timeout for the second), never cached.
 func TestTemporary(t *testing.T) {
