@@ -81,7 +81,11 @@
 // offered, and is opportunistic (RFC 7435): a certificate that does not
 // verify does not stop the message, which goes encrypted all the same, and
 // the per-message log line says whether it verified. With RequireTLS,
-// STARTTLS and a verified certificate are both required.
+// STARTTLS and a verified certificate are both required. With a validating
+// resolver, DNSSEC-secured MX and TLSA records make STARTTLS mandatory and
+// the certificate is checked against the TLSA records instead (DANE, RFC
+// 7672); a message with REQUIRETLS (RFC 8689) goes only over such verified
+// TLS (see dane.go).
 //
 // An upstream's 421 (it is closing the connection) becomes 451 4.4.2 for
 // the client, whose session goes on; that connection is not used again.
