@@ -74,6 +74,8 @@ func (r *Relay) deliverQueued(ctx context.Context, s *session.Session, d *sessio
 		return errNoMessage
 	}
 	f := paramFlags(d.MailParams)
+	// TLS-Required: No counts only without REQUIRETLS (RFC 8689 4.1).
+	f.tlsWaived = r.mx && !requiresTLS(d.MailParams) && tlsNotRequired(d.Message)
 	headerOK := true
 	if f.utf8 {
 		var err error
@@ -192,8 +194,7 @@ func (r *Relay) relayQueued(ctx context.Context, s *session.Session, d *session.
 	var up *upstream
 	if r.mx {
 		var serr *setupError
-		req := requiresTLS(d.MailParams)
-		if up, serr = r.dialTargets(ctx, s, domains, dest.targets, req, !req && tlsNotRequired(d.Message)); serr != nil {
+		if up, serr = r.dialTargets(ctx, s, domains, dest.targets, requiresTLS(d.MailParams), f.tlsWaived); serr != nil {
 			r.logNoUpstream(s, domains, serr)
 			set(dest.idx, serr.reply)
 			return

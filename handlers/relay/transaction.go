@@ -180,10 +180,12 @@ func (r *Relay) connectFor(ctx context.Context, s *session.Session, domain strin
 }
 
 // mailFlags are what the relay must know of a transaction's MAIL
-// parameters: SMTPUTF8, and BODY=8BITMIME.
+// parameters: SMTPUTF8, and BODY=8BITMIME; and (a queued message) whether
+// its header waives the recipients' TLS policies (TLS-Required: No).
 type mailFlags struct {
-	utf8     bool
-	eightBit bool
+	utf8      bool
+	eightBit  bool
+	tlsWaived bool
 }
 
 // sessionFlags are the flags of the client transaction in progress.
