@@ -113,6 +113,9 @@ type QueueReply struct {
 	Text string `json:"text,omitempty"`
 	// RemoteMTA is the host that gave the reply, absent for a local one.
 	RemoteMTA string `json:"remote_mta,omitempty"`
+	// TLSPolicy is the TLS policy the relay applied toward RemoteMTA
+	// ("dane", "opportunistic"), if any.
+	TLSPolicy string `json:"tls_policy,omitempty"`
 }
 
 // QueueAction is the answer to a flush, retry or delete.
@@ -140,7 +143,7 @@ func queueEntryOf(dir string, e *queue.Entry, now time.Time) QueueEntry {
 		qr := QueueRecipient{Addr: r.Addr, State: string(r.State), Attempts: r.Attempts,
 			LastAttempt: r.LastAttempt, Reason: r.Reason, Notify: r.Notify}
 		if r.Reply != nil {
-			qr.Reply = &QueueReply{Code: r.Reply.Code, Enhanced: r.Reply.Enhanced, Text: r.Reply.Text, RemoteMTA: r.Reply.RemoteMTA}
+			qr.Reply = &QueueReply{Code: r.Reply.Code, Enhanced: r.Reply.Enhanced, Text: r.Reply.Text, RemoteMTA: r.Reply.RemoteMTA, TLSPolicy: r.Reply.TLSPolicy}
 		}
 		qe.Recipients = append(qe.Recipients, qr)
 	}

@@ -176,7 +176,7 @@ func (rq *runningQueue) deliver(ctx context.Context, e *queue.Entry, rcpts []que
 		return outs
 	}
 	for i, r := range srv.DeliverQueued(ctx, m) {
-		outs[i] = queue.Outcome{Code: r.Code, Enhanced: r.Enhanced, Text: strings.Join(r.Lines, " "), RemoteMTA: r.RemoteMTA}
+		outs[i] = queue.Outcome{Code: r.Code, Enhanced: r.Enhanced, Text: strings.Join(r.Lines, " "), RemoteMTA: r.RemoteMTA, TLSPolicy: r.TLSPolicy}
 	}
 	return outs
 }

@@ -161,6 +161,9 @@ type Outcome struct {
 	Text string `json:"text,omitempty"`
 	// RemoteMTA is the host that gave the reply, "" for a local result.
 	RemoteMTA string `json:"remote_mta,omitempty"`
+	// TLSPolicy is the TLS policy the delivery applied toward RemoteMTA
+	// ("dane", "opportunistic"), or "".
+	TLSPolicy string `json:"tls_policy,omitempty"`
 	// Relayed is true for a 2xx from a destination that will not send
 	// DSNs of its own (an upstream without DSN): reported as "relayed".
 	Relayed bool `json:"relayed,omitempty"`

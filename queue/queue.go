@@ -520,7 +520,7 @@ func (q *Queue) attempt(ctx context.Context, e *Entry) bool {
 			o = outs[k]
 		}
 		if o.Code < 200 || o.Code >= 600 || (o.Code >= 300 && o.Code < 400) {
-			o = Outcome{Code: 451, Enhanced: "4.3.0", Text: fmt.Sprintf("unexpected reply code %d: %s", o.Code, o.Text), RemoteMTA: o.RemoteMTA}
+			o = Outcome{Code: 451, Enhanced: "4.3.0", Text: fmt.Sprintf("unexpected reply code %d: %s", o.Code, o.Text), RemoteMTA: o.RemoteMTA, TLSPolicy: o.TLSPolicy}
 		}
 		if r.Attempts > 0 {
 			q.retries.Add(1)
@@ -544,7 +544,7 @@ func (q *Queue) attempt(ctx context.Context, e *Entry) bool {
 		}
 		q.log.Info("delivery attempt", zap.String("queue_id", e.ID), zap.String("rcpt", r.Addr),
 			zap.String("state", string(r.State)), zap.Int("code", o.Code), zap.String("status", o.Status()),
-			zap.String("reply", o.Text), zap.String("remote_mta", o.RemoteMTA), zap.Int("attempts", r.Attempts),
+			zap.String("reply", o.Text), zap.String("remote_mta", o.RemoteMTA), zap.String("tls_policy", o.TLSPolicy), zap.Int("attempts", r.Attempts),
 			zap.Duration("age", now.Sub(e.Arrival)))
 	}
 	e.NextAttempt = q.nextAttempt(e, now)

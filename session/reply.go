@@ -28,6 +28,10 @@ type Reply struct {
 	// passes on an upstream's answer (relay's MX or smart host); never
 	// sent. The queue reports it as the DSN's Remote-MTA.
 	RemoteMTA string
+	// TLSPolicy is the TLS policy a relay applied toward that host
+	// ("dane", "opportunistic"), or ""; never sent. The queue keeps it in
+	// the recipient's state.
+	TLSPolicy string
 
 	plain bool // sent without an enhanced code (HELO/EHLO success)
 }

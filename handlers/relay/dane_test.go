@@ -239,11 +239,15 @@ func TestQueuedDANE(t *testing.T) {
 	m, _ := q.only(t)
 
 	// Without REQUIRETLS: the mismatch defers.
-	checkReplies(t, m, srv.DeliverQueued(context.Background(), m), map[string]string{
+	replies := srv.DeliverQueued(context.Background(), m)
+	checkReplies(t, m, replies, map[string]string{
 		"x@ok.test":       "250 ",
 		"y@plain.example": "250 ",
-		"z@wrong.test":    "451 4.7.5 ",
+		"z@wrong.test":    "451 4.7.5 DANE: ",
 	})
+	if replies[0].TLSPolicy != "dane" || replies[1].TLSPolicy != "opportunistic" {
+		t.Errorf("TLSPolicy of the replies: %q, %q, want dane, opportunistic", replies[0].TLSPolicy, replies[1].TLSPolicy)
+	}
 	noClearText(t, wrong)
 	if e := logs.FilterField(zap.String("relay_defer_reason", reasonDANECert)).All(); len(e) == 0 {
 		t.Error("no log line with relay_defer_reason " + reasonDANECert)

@@ -212,13 +212,14 @@ func (r *Relay) relayQueued(ctx context.Context, s *session.Session, d *session.
 	if k := slices.IndexFunc(dest.targets, func(t target) bool { return t.addr == up.addr }); k >= 0 {
 		host = dest.targets[k].name
 	}
-	// remote marks a reply as the upstream's (the DSN's Remote-MTA).
+	// remote marks a reply as the upstream's (the DSN's Remote-MTA), with
+	// the TLS policy that applied (the queue keeps it).
 	remote := func(rep *session.Reply) *session.Reply {
 		if rep == nil {
 			return nil
 		}
 		c := *rep
-		c.RemoteMTA = strings.TrimSuffix(host, ".")
+		c.RemoteMTA, c.TLSPolicy = strings.TrimSuffix(host, "."), out.policy
 		return &c
 	}
 	var final *session.Reply // the reply to the end of data, or the failure that ended the transaction
