@@ -26,6 +26,7 @@ type outcome struct {
 	addr     string
 	tls      bool
 	verified bool
+	policy   string
 	reply    string
 }
 
@@ -170,7 +171,7 @@ func (r *Relay) deliverTo(ctx context.Context, s *session.Session, d *session.De
 			}
 			return nil, rep
 		}
-		out := &outcome{addr: up.addr, tls: up.tls, verified: up.verified}
+		out := &outcome{addr: up.addr, tls: up.tls, verified: up.verified, policy: up.policy}
 		cw := canonWriter{w: w}
 		rerr, werr := copyMessage(&cw, d.Message)
 		if werr == nil && rerr == nil {

@@ -205,7 +205,7 @@ func (r *Relay) relayQueued(ctx context.Context, s *session.Session, d *session.
 		}
 	}
 	// up may be reused once let go: what the log says of it is kept.
-	out := outcome{addr: up.addr, tls: up.tls, verified: up.verified}
+	out := outcome{addr: up.addr, tls: up.tls, verified: up.verified, policy: up.policy}
 	host, _, _ := net.SplitHostPort(up.addr)
 	if k := slices.IndexFunc(dest.targets, func(t target) bool { return t.addr == up.addr }); k >= 0 {
 		host = dest.targets[k].name
@@ -399,6 +399,9 @@ func (r *Relay) logQueued(s *session.Session, up outcome, domains string, dest *
 	fields = append(fields, zap.Bool("relay_tls", up.tls))
 	if up.tls {
 		fields = append(fields, zap.Bool("relay_tls_verified", up.verified))
+	}
+	if up.policy != "" {
+		fields = append(fields, zap.String("relay_tls_policy", up.policy))
 	}
 	fields = append(fields, zap.Int("rcpts", len(dest.idx)), zap.Int("accepted", accepted), zap.Int("delivered", delivered))
 	if final != nil {

@@ -331,7 +331,11 @@ func logUpstream(txn *session.Transaction, outs []outcome) {
 	}
 	addrs, replies := make([]string, len(outs)), make([]string, len(outs))
 	secure, verified := true, true
+	var policies []string
 	for i, o := range outs {
+		if o.policy != "" && !slices.Contains(policies, o.policy) {
+			policies = append(policies, o.policy)
+		}
 		addrs[i], replies[i] = o.addr, o.reply
 		secure = secure && o.tls
 		verified = verified && o.verified
@@ -341,5 +345,8 @@ func logUpstream(txn *session.Transaction, outs []outcome) {
 	txn.AddLogField(zap.Bool("relay_tls", secure))
 	if secure {
 		txn.AddLogField(zap.Bool("relay_tls_verified", verified))
+	}
+	if len(policies) > 0 {
+		txn.AddLogField(zap.String("relay_tls_policy", strings.Join(policies, ", ")))
 	}
 }

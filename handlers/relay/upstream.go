@@ -24,6 +24,7 @@ import (
 type target struct {
 	addr string
 	name string
+	sts  string // the MTA-STS policy that applies: stsEnforce, stsTesting or ""
 }
 
 // upstream is one connection to an upstream SMTP server, greeted (and
@@ -37,6 +38,7 @@ type upstream struct {
 	// verified: its certificate verified (always, with TLS, unless
 	// Relay.opportunistic).
 	verified bool
+	policy   string    // relay_tls_policy: the target's sts
 	idle     time.Time // when it went back to the pool
 }
 
@@ -190,12 +192,15 @@ func (r *Relay) greet(ctx context.Context, raw net.Conn, t target, hello string)
 			return nil, failed(replyUnreachable, "%s sent data out of turn", t.addr)
 		}
 	}
+	if serr := r.stsCheck(t, secure, verified); serr != nil {
+		return nil, serr
+	}
 	raw.SetDeadline(time.Time{})
 
 	uc := &upConn{Conn: conn, greeting: greeting, timeout: timeout}
 	c := smtp.NewClient(uc)
 	c.CommandTimeout = timeout
-	up := &upstream{c: c, uc: uc, addr: t.addr, hello: hello, tls: secure, verified: verified}
+	up := &upstream{c: c, uc: uc, addr: t.addr, hello: hello, tls: secure, verified: verified, policy: t.sts}
 	if err := c.Hello(hello); err != nil {
 		c.Close()
 		return nil, failed(replyUnreachable, "greeting %s: %v", t.addr, err)
