@@ -83,6 +83,15 @@
 // the per-message log line says whether it verified. With RequireTLS,
 // STARTTLS and a verified certificate are both required.
 //
+// With to mx, MTA-STS (RFC 8461, option mta_sts, on by default) applies
+// each recipient domain's policy, cached in Caddy's data directory: with
+// mode enforce only the MX hosts the policy names are tried, each over
+// STARTTLS with a certificate that verifies for the MX host's name; a
+// domain whose MX hosts are all outside the policy is deferred with 451
+// 4.4.4, an MX host without STARTTLS with 451 4.7.4, one whose certificate
+// does not verify with 451 4.7.5: the message is never sent in clear.
+// Mode testing only logs. The per-message log says relay_tls_policy.
+//
 // An upstream's 421 (it is closing the connection) becomes 451 4.4.2 for
 // the client, whose session goes on; that connection is not used again.
 //
