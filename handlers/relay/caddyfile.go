@@ -22,6 +22,8 @@ import (
 //		tls_ca                   <pem file>
 //		tls_insecure_skip_verify
 //		resolver                 <host[:port]>
+//		mta_sts                  [on|off]
+//		mta_sts_cache            <file>
 //		mx_port                  <port>
 //		connect_timeout          <duration>
 //		timeout                  <duration>
@@ -49,7 +51,7 @@ func (r *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 		switch opt {
-		case "to", "auth_user", "auth_password", "tls_server_name", "tls_ca", "resolver":
+		case "to", "auth_user", "auth_password", "tls_server_name", "tls_ca", "resolver", "mta_sts_cache":
 			var v string
 			if !d.AllArgs(&v) {
 				return d.ArgErr()
@@ -67,6 +69,8 @@ func (r *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				r.TLSCA = v
 			case "resolver":
 				r.Resolver = v
+			case "mta_sts_cache":
+				r.MTASTSCache = v
 			}
 		case "domains":
 			args := d.RemainingArgs()
@@ -80,7 +84,7 @@ func (r *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			r.RelayNetworks = append(r.RelayNetworks, args...)
-		case "require_tls":
+		case "require_tls", "mta_sts":
 			on := true
 			if d.NextArg() {
 				switch d.Val() {
@@ -88,13 +92,17 @@ func (r *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				case "off", "false":
 					on = false
 				default:
-					return d.Errf("relay: require_tls: %q is not on or off", d.Val())
+					return d.Errf("relay: %s: %q is not on or off", opt, d.Val())
 				}
 				if d.NextArg() {
 					return d.ArgErr()
 				}
 			}
-			r.RequireTLS = &on
+			if opt == "mta_sts" {
+				r.MTASTS = &on
+			} else {
+				r.RequireTLS = &on
+			}
 		case "tls_insecure_skip_verify":
 			if d.NextArg() {
 				return d.ArgErr()

@@ -79,7 +79,7 @@ const (
 	reasonDANENoTLS       = "dane: no starttls"
 	reasonDANECert        = "dane: certificate mismatch"
 	reasonTLSADNS         = "dane: tlsa lookup failed"
-	reasonNotVerified     = "requiretls: tls not verified by dane"
+	reasonNotVerified     = "requiretls: tls not verified by dane or mta-sts"
 	reasonNoRequireTLSExt = "requiretls: upstream does not offer REQUIRETLS"
 )
 
@@ -107,7 +107,7 @@ func (r *Relay) policyFor(ctx context.Context, resolver session.Resolver, domain
 	}
 	dr, ok := resolver.(*dnscache.Resolver)
 	if !ok || !t.secure {
-		return opportunistic, nil
+		return stsOr(t, opportunistic), nil
 	}
 	name := fmt.Sprintf("_%d._tcp.%s", r.MXPort, t.name)
 	ans, err := dr.Lookup(ctx, name, dns.TypeTLSA)
@@ -115,7 +115,7 @@ func (r *Relay) policyFor(ctx context.Context, resolver session.Resolver, domain
 		return nil, failed(replyTLSADNS, "TLSA lookup of %s: %v", name, err).because(reasonTLSADNS)
 	}
 	if !ans.Authenticated || ans.NotFound {
-		return &tlsPolicy{kind: policyOpportunistic, why: "no secure TLSA records"}, nil
+		return stsOr(t, &tlsPolicy{kind: policyOpportunistic, why: "no secure TLSA records"}), nil
 	}
 	var usable []*dns.TLSA
 	for _, rr := range ans.Records {
@@ -131,6 +131,20 @@ func (r *Relay) policyFor(ctx context.Context, resolver session.Resolver, domain
 	}
 	p.verify = func(cs tls.ConnectionState) error { return daneVerify(cs.PeerCertificates, usable, t.name, domain) }
 	return p, nil
+}
+
+// stsOr is the MTA-STS policy of t's domain where DANE does not apply
+// (RFC 8461 2: DANE, when present, wins), else otherwise. With enforce,
+// greet requires STARTTLS and a certificate that verifies for the MX
+// host's name (stsCheck), so a REQUIRETLS message may go there.
+func stsOr(t target, otherwise *tlsPolicy) *tlsPolicy {
+	switch t.sts {
+	case stsEnforce:
+		return &tlsPolicy{kind: stsEnforce, verified: true, why: "MTA-STS enforce"}
+	case stsTesting:
+		return &tlsPolicy{kind: stsTesting, why: "MTA-STS testing"}
+	}
+	return otherwise
 }
 
 // daneVerify checks a server's certificate chain against usable TLSA

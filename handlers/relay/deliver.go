@@ -26,7 +26,7 @@ type outcome struct {
 	addr     string
 	tls      bool
 	verified bool
-	policy   string // the TLS policy (to mx): dane, opportunistic
+	policy   string // the TLS policy (to mx): dane, mta-sts-enforce, mta-sts-testing, opportunistic
 	reply    string
 }
 

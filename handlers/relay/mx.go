@@ -62,6 +62,10 @@ func (r *Relay) mxTargets(ctx context.Context, resolver session.Resolver, domain
 	default:
 		return nil, failed(replyDNSTemp, "MX lookup of %s: %v", domain, err)
 	}
+	hosts, sts, serr := r.stsHosts(ctx, resolver, domain, hosts)
+	if serr != nil {
+		return nil, serr
+	}
 	var targets []target
 	var lastErr error
 	for _, h := range hosts {
@@ -76,7 +80,7 @@ func (r *Relay) mxTargets(ctx context.Context, resolver session.Resolver, domain
 			if !ok {
 				continue
 			}
-			targets = append(targets, target{addr: netip.AddrPortFrom(ip.Unmap(), uint16(r.MXPort)).String(), name: h, secure: secure})
+			targets = append(targets, target{addr: netip.AddrPortFrom(ip.Unmap(), uint16(r.MXPort)).String(), name: h, secure: secure, sts: sts})
 		}
 		if len(targets) >= maxTargets {
 			return targets[:maxTargets], nil

@@ -87,6 +87,15 @@
 // 7672); a message with REQUIRETLS (RFC 8689) goes only over such verified
 // TLS (see dane.go).
 //
+// With to mx, MTA-STS (RFC 8461, option mta_sts, on by default) applies
+// each recipient domain's policy, cached in Caddy's data directory: with
+// mode enforce only the MX hosts the policy names are tried, each over
+// STARTTLS with a certificate that verifies for the MX host's name; a
+// domain whose MX hosts are all outside the policy is deferred with 451
+// 4.4.4, an MX host without STARTTLS with 451 4.7.4, one whose certificate
+// does not verify with 451 4.7.5: the message is never sent in clear.
+// Mode testing only logs. The per-message log says relay_tls_policy.
+//
 // An upstream's 421 (it is closing the connection) becomes 451 4.4.2 for
 // the client, whose session goes on; that connection is not used again.
 //
@@ -132,6 +141,7 @@ import (
 	"github.com/caddy-esmtp/caddy-esmtp/dnscache"
 	"github.com/caddy-esmtp/caddy-esmtp/handlers/recipients"
 	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
+	"github.com/caddy-esmtp/caddy-esmtp/mtasts"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -185,6 +195,17 @@ type Relay struct {
 	// handler's resolvers (its `resolvers` option, or the system's
 	// resolver without it). Only with to mx.
 	Resolver string `json:"resolver,omitempty"`
+	// MTASTS applies the MTA-STS policies (RFC 8461) of recipient
+	// domains: with mode enforce, only the MX hosts a policy names are
+	// used, over TLS with a certificate that verifies for the MX host's
+	// name, else the domain is deferred (4.4.4 no MX host matches, 4.7.4
+	// no STARTTLS, 4.7.5 certificate), never sent in clear; mode testing
+	// only logs. Default: on with to mx (only with to mx).
+	MTASTS *bool `json:"mta_sts,omitempty"`
+	// MTASTSCache is the file the MTA-STS policies are cached in, kept
+	// across reloads and restarts (default: mta-sts.json in the esmtp
+	// folder of Caddy's data directory).
+	MTASTSCache string `json:"mta_sts_cache,omitempty"`
 	// MXPort is the port of the mail servers found by MX lookup (default
 	// 25). Only with to mx; for tests.
 	MXPort int `json:"mx_port,omitempty"`
@@ -213,6 +234,7 @@ type Relay struct {
 	password    string
 	roots       *x509.CertPool
 	resolver    session.Resolver // nil: the session's (Session.Resolver)
+	sts         *mtasts.Cache    // nil: MTA-STS off
 	pool        *pool
 	logger      *zap.Logger
 
@@ -302,6 +324,9 @@ func (r *Relay) Provision(ctx caddy.Context) error {
 	}
 	if !r.mx && (r.Resolver != "" || r.MXPort != 0) {
 		return errors.New("relay: resolver, mx_port: only with to mx")
+	}
+	if err := r.provisionMTASTS(); err != nil {
+		return err
 	}
 	r.resolver = nil
 	if r.Resolver != "" {

@@ -339,7 +339,9 @@ func (st *txnState) envelopeSent(d *session.Delivery, rcpts []session.Recipient)
 // verified) when relay_tls. A message that took several upstream
 // transactions (to mx, a judge added a recipient of another domain) lists
 // their addresses and replies in order; relay_tls and relay_tls_verified
-// then hold only when they hold for every one.
+// then hold only when they hold for every one. relay_tls_policy lists the
+// TLS policies that applied (dane, mta-sts-enforce, mta-sts-testing,
+// opportunistic), each once.
 func logUpstream(txn *session.Transaction, outs []outcome) {
 	if len(outs) == 0 {
 		return
@@ -348,20 +350,20 @@ func logUpstream(txn *session.Transaction, outs []outcome) {
 	secure, verified := true, true
 	var policies []string
 	for i, o := range outs {
+		if o.policy != "" && !slices.Contains(policies, o.policy) {
+			policies = append(policies, o.policy)
+		}
 		addrs[i], replies[i] = o.addr, o.reply
 		secure = secure && o.tls
 		verified = verified && o.verified
-		if o.policy != "" {
-			policies = append(policies, o.policy)
-		}
-	}
-	if len(policies) > 0 {
-		txn.AddLogField(zap.String("relay_tls_policy", strings.Join(policies, ", ")))
 	}
 	txn.AddLogField(zap.String("relay", strings.Join(addrs, ", ")))
 	txn.AddLogField(zap.String("relay_reply", strings.Join(replies, "; ")))
 	txn.AddLogField(zap.Bool("relay_tls", secure))
 	if secure {
 		txn.AddLogField(zap.Bool("relay_tls_verified", verified))
+	}
+	if len(policies) > 0 {
+		txn.AddLogField(zap.String("relay_tls_policy", strings.Join(policies, ", ")))
 	}
 }

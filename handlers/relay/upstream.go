@@ -27,6 +27,9 @@ type target struct {
 	// secure: with to mx, the MX answer (or its secure denial) and the
 	// host's address records are DNSSEC-authenticated (see dane.go).
 	secure bool
+	// sts: the MTA-STS policy of its domain (to mx): stsEnforce, stsTesting
+	// or ""; DANE, when it applies, wins (see policyFor).
+	sts string
 }
 
 // upstream is one connection to an upstream SMTP server, greeted (and
@@ -226,16 +229,25 @@ func (r *Relay) greet(ctx context.Context, raw net.Conn, t target, hello string,
 			return nil, failed(replyUnreachable, "%s sent data out of turn", t.addr)
 		}
 	}
+	if pol != nil && (pol.kind == stsEnforce || pol.kind == stsTesting) {
+		if serr := r.stsCheck(t, secure, verified); serr != nil {
+			return nil, serr
+		}
+	}
 	raw.SetDeadline(time.Time{})
 
 	uc := &upConn{Conn: conn, greeting: greeting, timeout: timeout}
 	c := smtp.NewClient(uc)
 	c.CommandTimeout = timeout
 	up := &upstream{c: c, uc: uc, addr: t.addr, hello: hello, tls: secure, verified: verified}
-	if pol != nil {
-		up.policy, up.tlsOK = pol.kind, secure && pol.verified
-	} else {
+	switch {
+	case pol == nil:
 		up.tlsOK = secure && verified && !r.opportunistic
+	case pol.kind == stsEnforce:
+		// stsCheck above required TLS and a verified certificate.
+		up.policy, up.tlsOK = pol.kind, secure && verified
+	default:
+		up.policy, up.tlsOK = pol.kind, secure && pol.verified
 	}
 	if err := c.Hello(hello); err != nil {
 		c.Close()
