@@ -48,13 +48,14 @@ func TestExamplesFormatAndValidate(t *testing.T) {
 }
 
 // localized rewrites an example for a test: its listener on listen, its
-// Maildirs in a temp dir, Caddy's internal CA instead of ACME, no admin.
+// Maildirs and queue in a temp dir, Caddy's internal CA instead of ACME,
+// no admin.
 func localized(t *testing.T, src, listen string) (string, string) {
 	dir := t.TempDir()
 	for _, l := range []string{":25 {", ":2525 {", "127.0.0.1:2525 {", "127.0.0.1:1025 {", ":587 {", ":465 {"} {
 		src = strings.Replace(src, l, listen+" {", 1)
 	}
-	src = strings.NewReplacer("/var/mail", dir, "./caught", dir+"/caught", "./mail", dir+"/mail",
+	src = strings.NewReplacer("/var/mail", dir, "/var/spool/esmtp", dir+"/queue", "./caught", dir+"/caught", "./mail", dir+"/mail",
 		"allow 10.0.0.0/8", "allow 127.0.0.0/8").Replace(src)
 	return strings.Replace(src, "{\n", "{\n\tadmin off\n\tpersist_config off\n\tlocal_certs\n\tskip_install_trust\n", 1), dir
 }
