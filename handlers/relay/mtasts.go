@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/testhooks"
 	"github.com/caddy-esmtp/caddy-esmtp/mtasts"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
@@ -47,10 +48,14 @@ func (r *Relay) provisionMTASTS() error {
 		r.sts = c.(*mtasts.Cache)
 		return nil
 	}
-	c, err := mtasts.NewCache(&mtasts.Fetcher{}, path)
+	f := &mtasts.Fetcher{}
+	if testhooks.MTASTSFetcher != nil {
+		f = testhooks.MTASTSFetcher()
+	}
+	c, err := mtasts.NewCache(f, path)
 	if err != nil {
 		r.logger.Warn("MTA-STS cache not loaded; starting empty", zap.String("file", path), zap.Error(err))
-		if c, err = mtasts.NewCache(&mtasts.Fetcher{}, ""); err != nil {
+		if c, err = mtasts.NewCache(f, ""); err != nil {
 			return fmt.Errorf("relay: mta_sts_cache: %v", err)
 		}
 	}
