@@ -350,8 +350,10 @@ func (e *mailSec) delivered(rcpt, policy string) {
 }
 
 // deferred waits for the queue's state of rcpt to be deferred with the
-// status, its reply containing text, and returns that recipient.
-func (e *mailSec) deferred(rcpt, status, text string) queue.Recipient {
+// status, its reply containing text and keeping the TLS policy that
+// applied (tls_policy), and for the relay's log line saying why (domain,
+// relay_tls_policy, relay_defer_reason).
+func (e *mailSec) deferred(rcpt, status, text, policy, reason string) {
 	t := e.t
 	t.Helper()
 	var got queue.Recipient
@@ -375,11 +377,12 @@ func (e *mailSec) deferred(rcpt, status, text string) queue.Recipient {
 		}
 		return false
 	})
-	if got.Reply.Code != 451 || got.Reply.Enhanced != status || !strings.Contains(got.Reply.Text, text) {
-		t.Errorf("reply of %s: %+v, want 451 %s ...%s...", rcpt, *got.Reply, status, text)
+	if got.Reply.Code != 451 || got.Reply.Enhanced != status || !strings.Contains(got.Reply.Text, text) || got.Reply.TLSPolicy != policy {
+		t.Errorf("reply of %s: %+v, want 451 %s ...%s..., tls_policy %s", rcpt, *got.Reply, status, text, policy)
 	}
-	e.logLine("delivery attempt", map[string]string{"rcpt": rcpt, "state": "deferred", "status": status})
-	return got
+	e.logLine("delivery attempt", map[string]string{"rcpt": rcpt, "state": "deferred", "status": status, "tls_policy": policy})
+	_, domain, _ := strings.Cut(rcpt, "@")
+	e.logLine("no upstream for queued message", map[string]string{"domain": domain, "relay_tls_policy": policy, "relay_defer_reason": reason})
 }
 
 // nothingDelivered checks that the upstream got nothing, a retry later.
@@ -410,8 +413,7 @@ func TestMailSecurityDANEWrongTLSA(t *testing.T) {
 	e.start(mailSecConfig{sender: true, starttls: true})
 	e.tlsa(true)
 	e.send("b@dane.test")
-	e.deferred("b@dane.test", "4.7.5", "DANE")
-	e.logLine("no upstream for queued message", map[string]string{"domain": "dane.test", "relay_defer_reason": "dane: certificate mismatch"})
+	e.deferred("b@dane.test", "4.7.5", "DANE", "dane", "dane: certificate mismatch")
 	e.nothingDelivered()
 }
 
@@ -422,8 +424,7 @@ func TestMailSecurityDANENoSTARTTLS(t *testing.T) {
 	e.start(mailSecConfig{sender: true, starttls: false})
 	e.dns.Add(rr(t, fmt.Sprintf("_%d._tcp.mx.up.test. 60 IN TLSA 3 1 1 %s", e.upPort, strings.Repeat("ab", 32))))
 	e.send("b@dane.test")
-	e.deferred("b@dane.test", "4.7.5", "STARTTLS")
-	e.logLine("no upstream for queued message", map[string]string{"domain": "dane.test", "relay_defer_reason": "dane: no starttls"})
+	e.deferred("b@dane.test", "4.7.5", "STARTTLS", "dane", "dane: no starttls")
 	e.nothingDelivered()
 }
 
@@ -460,7 +461,7 @@ func TestMailSecurityMTASTSOutsidePolicy(t *testing.T) {
 	e.start(mailSecConfig{sender: true, starttls: true, upPort: l.Addr().(*net.TCPAddr).Port,
 		policies: map[string]string{"outside.test": policy("enforce", "mx.up.test")}})
 	e.send("b@outside.test")
-	e.deferred("b@outside.test", "4.4.4", "MTA-STS")
+	e.deferred("b@outside.test", "4.4.4", "MTA-STS", "mta-sts-enforce", "mta-sts: no mx host in the policy")
 	e.logLine("MTA-STS enforce: MX hosts outside the policy not used", map[string]string{"domain": "outside.test"})
 	e.logLine("delivery attempt", map[string]string{"rcpt": "b@outside.test", "state": "deferred", "attempts": "2"})
 	if n := conns.Load(); n != 0 {
@@ -477,7 +478,7 @@ func TestMailSecurityMTASTSNoSTARTTLS(t *testing.T) {
 	e := newMailSec(t)
 	e.start(mailSecConfig{sender: true, starttls: false, policies: map[string]string{"sts.test": policy("enforce", "mx.up.test")}})
 	e.send("b@sts.test")
-	e.deferred("b@sts.test", "4.7.4", "")
+	e.deferred("b@sts.test", "4.7.4", "STARTTLS", "mta-sts-enforce", "mta-sts: no starttls")
 	e.nothingDelivered()
 }
 
@@ -499,7 +500,7 @@ func TestMailSecurityMTASTSCachedPolicy(t *testing.T) {
 	e.dns.SetTXT("_mta-sts.sts.test", "v=STSv1; id=2")
 	e.reload(mailSecConfig{sender: true, starttls: false})
 	e.send("c@sts.test")
-	e.deferred("c@sts.test", "4.7.4", "")
+	e.deferred("c@sts.test", "4.7.4", "STARTTLS", "mta-sts-enforce", "mta-sts: no starttls")
 	e.logLine("MTA-STS policy discovery failed", map[string]string{"domain": "sts.test", "cached_policy_used": "true"})
 	e.nothingDelivered()
 }

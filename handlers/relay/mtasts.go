@@ -27,6 +27,13 @@ const (
 // or the MX records may be mid-change.
 var replySTSNoMX = session.NewReply(451, "4.4.4", "No mail server of the recipient domain matches its MTA-STS policy; try again later")
 
+// Defer reasons of MTA-STS enforce, as relay_defer_reason logs them.
+const (
+	reasonSTSNoMX  = "mta-sts: no mx host in the policy"
+	reasonSTSNoTLS = "mta-sts: no starttls"
+	reasonSTSCert  = "mta-sts: certificate not verified"
+)
+
 // stsCaches are the MTA-STS caches by file, shared by every relay and
 // kept across config reloads (the file keeps them across restarts).
 var stsCaches sync.Map // path -> *mtasts.Cache
@@ -100,7 +107,7 @@ func (r *Relay) stsHosts(ctx context.Context, resolver session.Resolver, domain 
 		r.logger.Info("MTA-STS enforce: MX hosts outside the policy not used", zap.String("domain", domain), zap.Strings("mx", outside))
 	}
 	if len(kept) == 0 {
-		return nil, stsEnforce, failed(replySTSNoMX, "no MX host of %s matches its MTA-STS policy (enforce)", domain)
+		return nil, stsEnforce, failed(replySTSNoMX, "no MX host of %s matches its MTA-STS policy (enforce)", domain).because(reasonSTSNoMX).under(stsEnforce)
 	}
 	return kept, stsEnforce, nil
 }
@@ -118,7 +125,7 @@ func (r *Relay) stsCheck(t target, secure, verified bool) *setupError {
 		return nil
 	}
 	if !secure {
-		return failed(replyNoTLS, "%s (%s): no STARTTLS (MTA-STS enforce)", t.addr, t.name)
+		return failed(replyNoTLS, "%s (%s): no STARTTLS (MTA-STS enforce)", t.addr, t.name).because(reasonSTSNoTLS)
 	}
-	return failed(replyTLSFailed, "%s: certificate does not verify for %s (MTA-STS enforce)", t.addr, t.name)
+	return failed(replyTLSFailed, "%s: certificate does not verify for %s (MTA-STS enforce)", t.addr, t.name).because(reasonSTSCert)
 }

@@ -145,6 +145,9 @@ func (r *Relay) dialTargets(ctx context.Context, s *session.Session, domain stri
 			up.quit()
 			serr = failed(replyRequireTLS, "REQUIRETLS: %s (%s) does not offer REQUIRETLS", t.addr, t.name).because(reasonNoRequireTLSExt)
 		}
+		if serr != nil && pol != nil {
+			serr.under(pol.kind)
+		}
 		if serr == nil {
 			if ce := r.logger.Check(zap.DebugLevel, "upstream TLS policy"); ce != nil && pol != nil {
 				ce.Write(zap.String("domain", domain), zap.String("upstream", t.addr), zap.String("relay_tls_policy", pol.kind), zap.String("why", pol.why))
@@ -152,7 +155,7 @@ func (r *Relay) dialTargets(ctx context.Context, s *session.Session, domain stri
 			return up, nil
 		}
 		r.logger.Debug("mail server failed, trying the next", zap.String("domain", domain), zap.String("upstream", t.addr),
-			zap.String("relay_defer_reason", serr.reason), zap.Error(serr))
+			zap.String("relay_tls_policy", serr.policy), zap.String("relay_defer_reason", serr.reason), zap.Error(serr))
 		if last == nil || serr.reply.Code < 500 || last.reply.Code >= 500 {
 			last = serr
 		}

@@ -165,7 +165,7 @@ func (r *Relay) queuedDestinations(ctx context.Context, s *session.Session, d *s
 		if dm.fail != nil {
 			r.logNoUpstream(s, dm.name, dm.fail)
 			for _, i := range dm.idx {
-				replies[i] = dm.fail.reply
+				replies[i] = dm.fail.queueReply()
 			}
 			continue
 		}
@@ -196,7 +196,7 @@ func (r *Relay) relayQueued(ctx context.Context, s *session.Session, d *session.
 		var serr *setupError
 		if up, serr = r.dialTargets(ctx, s, domains, dest.targets, requiresTLS(d.MailParams), f.tlsWaived); serr != nil {
 			r.logNoUpstream(s, domains, serr)
-			set(dest.idx, serr.reply)
+			set(dest.idx, serr.queueReply())
 			return
 		}
 	} else {
@@ -375,6 +375,9 @@ func (r *Relay) logNoUpstream(s *session.Session, domain string, serr *setupErro
 	if ce := r.logger.Check(level, "no upstream for queued message"); ce != nil {
 		fields := []zap.Field{zap.String("queue_id", queueID(s)), zap.String("to", r.To), zap.String("domain", domain),
 			zap.String("reply", serr.reply.Error()), zap.Error(serr)}
+		if serr.policy != "" {
+			fields = append(fields, zap.String("relay_tls_policy", serr.policy))
+		}
 		if serr.reason != "" {
 			fields = append(fields, zap.String("relay_defer_reason", serr.reason))
 		}

@@ -94,7 +94,9 @@
 // domain whose MX hosts are all outside the policy is deferred with 451
 // 4.4.4, an MX host without STARTTLS with 451 4.7.4, one whose certificate
 // does not verify with 451 4.7.5: the message is never sent in clear.
-// Mode testing only logs. The per-message log says relay_tls_policy.
+// Mode testing only logs. The per-message log says relay_tls_policy; a
+// deferral logs relay_defer_reason ("mta-sts: ...", "dane: ...") and, with
+// a queue, the recipient's reply keeps the policy (tls_policy).
 //
 // An upstream's 421 (it is closing the connection) becomes 451 4.4.2 for
 // the client, whose session goes on; that connection is not used again.

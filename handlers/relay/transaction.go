@@ -169,7 +169,8 @@ func (r *Relay) connectFor(ctx context.Context, s *session.Session, domain strin
 				id = txn.ID
 			}
 			ce.Write(zap.String("session", s.ID()), zap.String("queue_id", id),
-				zap.String("to", r.To), zap.String("domain", domain), zap.String("relay_defer_reason", serr.reason), zap.Error(serr))
+				zap.String("to", r.To), zap.String("domain", domain), zap.String("relay_tls_policy", serr.policy),
+				zap.String("relay_defer_reason", serr.reason), zap.Error(serr))
 		}
 		if txn := s.Transaction(); txn != nil && serr.reason != "" {
 			txn.AddLogField(zap.String("relay_defer_reason", serr.reason))

@@ -109,7 +109,27 @@ var (
 type setupError struct {
 	reply  *session.Reply
 	cause  error
-	reason string // for relay_defer_reason: DANE, REQUIRETLS
+	reason string // for relay_defer_reason: DANE, MTA-STS, REQUIRETLS
+	policy string // the TLS policy of the mail server that failed (relay_tls_policy), or ""
+}
+
+// under records the TLS policy that applied (once: the first one set wins).
+func (e *setupError) under(policy string) *setupError {
+	if e.policy == "" {
+		e.policy = policy
+	}
+	return e
+}
+
+// queueReply is the reply for a queued recipient: with the TLS policy that
+// applied, which the queue keeps (tls_policy).
+func (e *setupError) queueReply() *session.Reply {
+	if e.policy == "" {
+		return e.reply
+	}
+	c := *e.reply
+	c.TLSPolicy = e.policy
+	return &c
 }
 
 func (e *setupError) because(reason string) *setupError {
