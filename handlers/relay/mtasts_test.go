@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/caddy-esmtp/caddy-esmtp/mtasts"
 )
 
@@ -94,6 +97,8 @@ func TestMTASTS(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg, logs := observed()
+	rcore, rlogs := observer.New(zap.DebugLevel)
+	r.logger = zap.New(rcore)
 	c, _ := dial(t, serve(t, cfg, r))
 
 	// s1: evil.test (preferred, outside the policy) is never contacted.
@@ -117,6 +122,10 @@ func TestMTASTS(t *testing.T) {
 	c.Cmd("RSET", "250 ")
 	if msgs := good.messages(); len(msgs) != 1 {
 		t.Fatalf("s2: upstream got %+v", msgs)
+	}
+	if e := rlogs.FilterMessage("no upstream").FilterField(zap.String("domain", "s2.test")).All(); len(e) != 1 ||
+		e[0].ContextMap()["relay_tls_policy"] != stsEnforce || e[0].ContextMap()["relay_defer_reason"] != reasonSTSCert {
+		t.Errorf("s2: no upstream log lines %v, want one with relay_tls_policy %s, relay_defer_reason %s", e, stsEnforce, reasonSTSCert)
 	}
 
 	// s3 (testing): the same certificate problem is only logged.
