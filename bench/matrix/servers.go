@@ -395,7 +395,7 @@ exports.hook_lookup_rdns = function (next) {
 
 func startHaraka(h *harness, s *server) (*exec.Cmd, error) {
 	if h.haraka == "" {
-		return nil, errors.New("Haraka is not installed (bench/setup.sh)")
+		return nil, errors.New("haraka (Haraka) is not installed (bench/setup.sh)")
 	}
 	// Haraka's own defaults first (connection.ini and the rest), then ours.
 	defaults := filepath.Join(filepath.Dir(filepath.Dir(h.haraka)), "config")
