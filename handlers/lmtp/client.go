@@ -24,7 +24,6 @@ type conn struct {
 	lhlo    string            // the name we gave in LHLO
 	server  string            // the name the server gave in its LHLO reply
 	timeout time.Duration     // each command, each write
-	idle    time.Time         // when it went back to the pool
 	broken  bool              // not to be used again
 
 	mu        sync.Mutex

@@ -54,7 +54,7 @@ func (l *LMTP) Deliver(ctx context.Context, s *session.Session, d *session.Deliv
 	if c.broken {
 		c.close()
 	} else if l.pool != nil {
-		l.pool.put(c)
+		l.pool.Put(c.lhlo, c)
 	} else {
 		go c.quit()
 	}
@@ -70,7 +70,16 @@ func (l *LMTP) take(ctx context.Context, lhlo string) *conn {
 	if l.pool == nil {
 		return nil
 	}
-	return l.pool.get(lhlo, l.timeout(ctx))
+	timeout := l.timeout(ctx)
+	c, _ := l.pool.Get(lhlo, func(c *conn) bool {
+		c.timeout = timeout
+		if r, err := c.cmd("RSET"); err != nil || r.code != 250 { // does it still answer?
+			c.close()
+			return false
+		}
+		return true
+	})
+	return c
 }
 
 // timeout is the command timeout, never past the hook's deadline.

@@ -226,7 +226,7 @@ func TestDovecotConnectionReuse(t *testing.T) {
 		if n := len(stored(t, dv, alice)); n != 3 {
 			t.Errorf("max_idle %d: %d messages stored, want 3", tc.maxIdle, n)
 		}
-		if l.pool != nil && l.pool.idleCount() != tc.idle || l.pool == nil && tc.idle != 0 {
+		if l.pool != nil && l.pool.Len() != tc.idle || l.pool == nil && tc.idle != 0 {
 			t.Errorf("max_idle %d: idle connections differ from %d", tc.maxIdle, tc.idle)
 		}
 		if got := strings.Count(dv.Output(), "Connect from local") - before; got != tc.connects {

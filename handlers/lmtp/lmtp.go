@@ -57,6 +57,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
+	"github.com/caddy-esmtp/caddy-esmtp/internal/idlepool"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
 
@@ -106,9 +107,9 @@ type LMTP struct {
 	// or does not answer gives 451 4.4.1 (try again).
 	VerifyRecipients bool `json:"verify_recipients,omitempty"`
 
-	network string // "unix" or "tcp"
-	addr    string // the socket's path, or host:port
-	pool    *pool
+	network string                // "unix" or "tcp"
+	addr    string                // the socket's path, or host:port
+	pool    *idlepool.Pool[*conn] // idle connections (nil: none kept)
 	logger  *zap.Logger
 }
 
@@ -165,7 +166,7 @@ func (l *LMTP) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("lmtp: max_idle: must be -1 (none kept) or more, got %d", l.MaxIdle)
 	}
 	if l.MaxIdle > 0 {
-		l.pool = &pool{max: l.MaxIdle, ttl: time.Duration(l.IdleTimeout)}
+		l.pool = idlepool.New(l.MaxIdle, time.Duration(l.IdleTimeout), (*conn).quit)
 	}
 	return nil
 }
@@ -219,7 +220,7 @@ func validName(s string) bool {
 // configuration finish on their own connections, which are then quit.
 func (l *LMTP) Cleanup() error {
 	if l.pool != nil {
-		l.pool.close()
+		l.pool.Close()
 	}
 	return nil
 }

@@ -39,7 +39,7 @@ func (l *LMTP) Rcpt(ctx context.Context, s *session.Session, to session.Path, _ 
 	if err != nil || c.broken {
 		c.close()
 	} else if l.pool != nil {
-		l.pool.put(c)
+		l.pool.Put(c.lhlo, c)
 	} else {
 		go c.quit()
 	}

@@ -143,6 +143,7 @@ import (
 	"github.com/caddy-esmtp/caddy-esmtp/dnscache"
 	"github.com/caddy-esmtp/caddy-esmtp/handlers/recipients"
 	"github.com/caddy-esmtp/caddy-esmtp/internal/clientnet"
+	"github.com/caddy-esmtp/caddy-esmtp/internal/idlepool"
 	"github.com/caddy-esmtp/caddy-esmtp/mtasts"
 	"github.com/caddy-esmtp/caddy-esmtp/session"
 )
@@ -235,9 +236,9 @@ type Relay struct {
 	user        string
 	password    string
 	roots       *x509.CertPool
-	resolver    session.Resolver // nil: the session's (Session.Resolver)
-	sts         *mtasts.Cache    // nil: MTA-STS off
-	pool        *pool
+	resolver    session.Resolver          // nil: the session's (Session.Resolver)
+	sts         *mtasts.Cache             // nil: MTA-STS off
+	pool        *idlepool.Pool[*upstream] // idle connections to the smart host (nil: none kept)
 	logger      *zap.Logger
 
 	// opportunistic: an upstream certificate that does not verify is used
@@ -366,7 +367,7 @@ func (r *Relay) Provision(ctx caddy.Context) error {
 		r.MaxIdle = defaultMaxIdle
 	}
 	if !r.mx && r.MaxIdle > 0 {
-		r.pool = &pool{max: r.MaxIdle, ttl: time.Duration(r.IdleTimeout)}
+		r.pool = idlepool.New(r.MaxIdle, time.Duration(r.IdleTimeout), (*upstream).quit)
 	}
 	if r.domains == nil && len(r.nets) == 0 {
 		r.logger.Info("no domains and no relay_networks: relaying only for authenticated clients", zap.String("to", r.To))
@@ -417,7 +418,7 @@ func (r *Relay) parseTo() error {
 // configuration finish their transactions on their own connections.
 func (r *Relay) Cleanup() error {
 	if r.pool != nil {
-		r.pool.close()
+		r.pool.Close()
 	}
 	return nil
 }

@@ -444,11 +444,11 @@ func TestConnectionReuse(t *testing.T) {
 	if n := bytes.Count(up.rawBytes(), []byte("RSET\r\n")); n != 2 {
 		t.Errorf("%d RSETs upstream, want 2 (one before each reused transaction)", n)
 	}
-	if n := r.pool.idleCount(); n != 1 {
+	if n := r.pool.Len(); n != 1 {
 		t.Errorf("%d idle connections, want 1", n)
 	}
 	r.Cleanup()
-	if n := r.pool.idleCount(); n != 0 {
+	if n := r.pool.Len(); n != 0 {
 		t.Errorf("%d idle connections after Cleanup", n)
 	}
 
@@ -473,7 +473,7 @@ func TestIdleTimeout(t *testing.T) {
 	srv := serve(t, session.Config{}, authAs("alice"), r)
 	c, _ := dial(t, srv)
 	send(t, c, "a@client.example", "b@example.test")
-	waitFor(t, "the idle connection to be quit", func() bool { return r.pool.idleCount() == 0 && up.closed() == 1 })
+	waitFor(t, "the idle connection to be quit", func() bool { return r.pool.Len() == 0 && up.closed() == 1 })
 	c, _ = dial(t, srv)
 	if got := send(t, c, "a@client.example", "c@example.test"); !strings.HasPrefix(got, "250 2.0.0") {
 		t.Fatalf("second message: %q", got)
@@ -495,9 +495,7 @@ func TestStaleConnection(t *testing.T) {
 	c, _ := dial(t, srv)
 	send(t, c, "a@client.example", "b@example.test")
 	// Cut the idle connection under the pool.
-	r.pool.mu.Lock()
-	r.pool.idle[0].uc.Conn.Close()
-	r.pool.mu.Unlock()
+	r.pool.Each(func(up *upstream) { up.uc.Conn.Close() })
 	c, _ = dial(t, srv)
 	if got := send(t, c, "a@client.example", "c@example.test"); !strings.HasPrefix(got, "250 2.0.0") {
 		t.Fatalf("after a stale connection: %q", got)

@@ -147,7 +147,15 @@ func domainOf(to session.Path) (string, *session.Reply) {
 // or to the mail servers of domain (to mx).
 func (r *Relay) connectFor(ctx context.Context, s *session.Session, domain string) (*upstream, *session.Reply) {
 	if r.pool != nil {
-		if up := r.pool.get(s.Hostname(), r.commandTimeout(ctx)); up != nil {
+		t := r.commandTimeout(ctx)
+		if up, ok := r.pool.Get(s.Hostname(), func(up *upstream) bool {
+			up.c.CommandTimeout, up.uc.timeout = t, t
+			if err := up.c.Reset(); err != nil { // RSET: does it still answer?
+				up.close()
+				return false
+			}
+			return true
+		}); ok {
 			return up, nil
 		}
 	}
@@ -286,7 +294,7 @@ func (r *Relay) bound(ctx context.Context, up *upstream) {
 // usable: it goes back to the pool (RSET before its next use), or is quit.
 func (r *Relay) done(up *upstream) {
 	if r.pool != nil {
-		r.pool.put(up)
+		r.pool.Put(up.hello, up)
 		return
 	}
 	go up.quit()

@@ -48,7 +48,6 @@ type upstream struct {
 	// tlsOK: a REQUIRETLS message may go over this connection: TLS that
 	// DANE verified (to mx), or a verified certificate (smart host).
 	tlsOK bool
-	idle  time.Time // when it went back to the pool
 }
 
 // close drops the connection at once, without QUIT: used when the
