@@ -12,7 +12,6 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"log"
 	"maps"
@@ -534,14 +533,7 @@ func (h *harness) auth(defs []*serverDef, place placement, mdPath, jsonPath, whe
 }
 
 func (r *authReport) write(mdPath, jsonPath string) error {
-	j, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(jsonPath, append(j, '\n'), 0o644); err != nil {
-		return err
-	}
-	return os.WriteFile(mdPath, []byte(r.markdown(filepath.Base(jsonPath))), 0o644)
+	return writeReport(mdPath, jsonPath, r, r.markdown)
 }
 
 func (r *authReport) pick(server string, c cell) []pipeRun {

@@ -12,7 +12,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"log"
 	"maps"
@@ -278,29 +277,14 @@ func (h *harness) filter(defs []*serverDef, place placement, mdPath, jsonPath, w
 		}
 	}
 	rep.Minutes = time.Since(started).Minutes()
-	j, err := json.MarshalIndent(rep, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(jsonPath, append(j, '\n'), 0o644); err != nil {
-		return err
-	}
-	if err := os.WriteFile(mdPath, []byte(rep.markdown(filepath.Base(jsonPath))), 0o644); err != nil {
+	if err := writeReport(mdPath, jsonPath, rep, rep.markdown); err != nil {
 		return err
 	}
 	log.Printf("wrote %s and %s in %.1f min", mdPath, jsonPath, rep.Minutes)
 	return nil
 }
 
-func (r *filterReport) pick(server string, c cell) []filterRun {
-	var out []filterRun
-	for _, x := range r.Results {
-		if x.Server == server && x.Cell == c {
-			out = append(out, x)
-		}
-	}
-	return out
-}
+func (r *filterReport) pick(server string, c cell) []filterRun { return pickRuns(r.Results, server, c) }
 
 // med is the median of f over the runs of server in cell c, and whether
 // there were any.

@@ -558,15 +558,7 @@ type pipeReport struct {
 	InData     []inDataResult    `json:"in_data,omitempty"`
 }
 
-func (r *pipeReport) pick(server string, c cell) []pipeRun {
-	var out []pipeRun
-	for _, x := range r.Results {
-		if x.Server == server && x.Cell == c {
-			out = append(out, x)
-		}
-	}
-	return out
-}
+func (r *pipeReport) pick(server string, c cell) []pipeRun { return pickRuns(r.Results, server, c) }
 
 func medianOf(rs []pipeRun, f func(pipeRun) float64) float64 {
 	var xs []float64
@@ -578,17 +570,7 @@ func medianOf(rs []pipeRun, f func(pipeRun) float64) float64 {
 
 // ratio is the median over rounds of a/b in the same round.
 func (r *pipeReport) ratio(a, b string, c cell, f func(pipeRun) float64) (float64, bool) {
-	byRep := map[int]float64{}
-	for _, x := range r.pick(b, c) {
-		byRep[x.Rep] = f(x)
-	}
-	var xs []float64
-	for _, x := range r.pick(a, c) {
-		if den, ok := byRep[x.Rep]; ok && den > 0 {
-			xs = append(xs, f(x)/den)
-		}
-	}
-	return median(xs), len(xs) > 0
+	return ratioRuns(r.Results, a, b, c, f)
 }
 
 func (r *pipeReport) has(name string) bool {
@@ -596,14 +578,7 @@ func (r *pipeReport) has(name string) bool {
 }
 
 func (r *pipeReport) write(mdPath, jsonPath string) error {
-	j, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(jsonPath, append(j, '\n'), 0o644); err != nil {
-		return err
-	}
-	return os.WriteFile(mdPath, []byte(r.markdown(filepath.Base(jsonPath))), 0o644)
+	return writeReport(mdPath, jsonPath, r, r.markdown)
 }
 
 func (r *pipeReport) markdown(jsonName string) string {

@@ -17,7 +17,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log"
@@ -388,29 +387,14 @@ func (h *harness) queue(defs []*serverDef, place placement, mdPath, jsonPath, wh
 		}
 	}
 	rep.Minutes = time.Since(started).Minutes()
-	j, err := json.MarshalIndent(rep, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(jsonPath, append(j, '\n'), 0o644); err != nil {
-		return err
-	}
-	if err := os.WriteFile(mdPath, []byte(rep.markdown(filepath.Base(jsonPath))), 0o644); err != nil {
+	if err := writeReport(mdPath, jsonPath, rep, rep.markdown); err != nil {
 		return err
 	}
 	log.Printf("wrote %s and %s in %.1f min", mdPath, jsonPath, rep.Minutes)
 	return nil
 }
 
-func (r *queueReport) pick(server string, c cell) []queueRun {
-	var out []queueRun
-	for _, x := range r.Results {
-		if x.Server == server && x.Cell == c {
-			out = append(out, x)
-		}
-	}
-	return out
-}
+func (r *queueReport) pick(server string, c cell) []queueRun { return pickRuns(r.Results, server, c) }
 
 func (r *queueReport) med(server string, c cell, f func(queueRun) float64) float64 {
 	var xs []float64
@@ -422,17 +406,7 @@ func (r *queueReport) med(server string, c cell, f func(queueRun) float64) float
 
 // ratio is the median over rounds of a/b in the same round.
 func (r *queueReport) ratio(a, b string, c cell, f func(queueRun) float64) (float64, bool) {
-	byRep := map[int]float64{}
-	for _, x := range r.pick(b, c) {
-		byRep[x.Rep] = f(x)
-	}
-	var xs []float64
-	for _, x := range r.pick(a, c) {
-		if den, ok := byRep[x.Rep]; ok && den > 0 {
-			xs = append(xs, f(x)/den)
-		}
-	}
-	return median(xs), len(xs) > 0
+	return ratioRuns(r.Results, a, b, c, f)
 }
 
 func (r *queueReport) markdown(jsonName string) string {
